@@ -1,0 +1,521 @@
+//! The checkpoint store: diesel schema, row models, migrations and every query, behind one
+//! backend-neutral API chosen at runtime by the database URL.
+//!
+//! [`Store`] is a cheap-to-clone connection pool. [`Conn`] is one borrowed connection of any
+//! backend; the engine hands it to transactional handlers as the open checkpoint transaction,
+//! and it runs any diesel query built from backend-neutral tables ([`Conn::execute`],
+//! [`Conn::load`]).
+
+mod queries;
+pub mod models;
+pub mod schema;
+mod url;
+
+use std::time::Duration;
+
+use diesel::migration::MigrationSource;
+use diesel::sqlite::Sqlite;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::methods::{ExecuteDsl, LoadQuery};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
+
+pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
+pub use self::url::DatabaseUrl;
+pub use crate::error::{Backend, StoreError, StoreResult};
+
+/// The async SQLite connection (diesel's bundled SQLite driven on tokio's blocking pool).
+pub type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
+
+/// Applied to every SQLite connection: WAL lets readers (the API) run beside the writer,
+/// `synchronous=FULL` makes a commit durable before its Kafka offset is committed, and the busy
+/// timeout makes concurrent writers queue instead of failing.
+const SQLITE_FILE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;";
+const SQLITE_MEMORY_PRAGMAS: &str = "PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;";
+
+/// Tuning of a [`Store`]'s connection pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Maximum open connections (default 10; always 1 for `sqlite::memory:`).
+    pub max_connections: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_connections: 10 }
+    }
+}
+
+#[derive(Clone)]
+enum Pools {
+    Sqlite(Pool<SqliteConn>),
+    Postgres(Pool<AsyncPgConnection>),
+    Mysql(Pool<AsyncMysqlConnection>),
+}
+
+/// A pool of connections to the checkpoint database. Clones share the pool.
+#[derive(Clone)]
+pub struct Store {
+    url: DatabaseUrl,
+    pools: Pools,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+/// A connection taken from a [`Store`]'s pool; it goes back when dropped.
+pub struct PooledConn {
+    inner: PooledInner,
+}
+
+enum PooledInner {
+    Sqlite(Object<SqliteConn>),
+    Postgres(Object<AsyncPgConnection>),
+    Mysql(Object<AsyncMysqlConnection>),
+}
+
+impl PooledConn {
+    /// Borrows the connection as a backend-neutral [`Conn`].
+    pub fn conn(&mut self) -> Conn<'_> {
+        match &mut self.inner {
+            PooledInner::Sqlite(c) => Conn::Sqlite(c),
+            PooledInner::Postgres(c) => Conn::Postgres(c),
+            PooledInner::Mysql(c) => Conn::Mysql(c),
+        }
+    }
+}
+
+/// One borrowed database connection of any backend.
+///
+/// Inside a transactional handler this is the open checkpoint transaction: whatever the
+/// handler writes through it commits together with the event row, or not at all.
+///
+/// ```no_run
+/// # async fn demo(tx: &mut checkpoint::store::Conn<'_>) -> diesel::QueryResult<()> {
+/// use diesel::sql_types::Text;
+/// tx.execute(diesel::sql_query("INSERT INTO shipments (order_id) VALUES ($1)")
+///     .bind::<Text, _>("order-1")).await?;
+/// # Ok(()) }
+/// ```
+/// Placeholders differ per backend in raw SQL (`$1` on PostgreSQL, `?` elsewhere); queries built
+/// with diesel's DSL from your own `table!` definitions run unchanged on every backend.
+#[non_exhaustive]
+pub enum Conn<'c> {
+    /// A SQLite connection.
+    Sqlite(&'c mut SqliteConn),
+    /// A PostgreSQL connection.
+    Postgres(&'c mut AsyncPgConnection),
+    /// A MySQL or MariaDB connection.
+    Mysql(&'c mut AsyncMysqlConnection),
+}
+
+impl std::fmt::Debug for Conn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conn({})", self.backend())
+    }
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection of whichever backend `$conn` is.
+macro_rules! dispatch {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::Conn::Sqlite($c) => $body,
+            $crate::store::Conn::Postgres($c) => $body,
+            $crate::store::Conn::Mysql($c) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+impl<'c> Conn<'c> {
+    /// The backend of this connection.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Mysql(_) => Backend::Mysql,
+        }
+    }
+
+    /// Reborrows for a shorter lifetime.
+    pub fn reborrow(&mut self) -> Conn<'_> {
+        dispatch!(self, c => Conn::from(&mut **c))
+    }
+
+    /// Runs a diesel statement (insert, update, delete, `sql_query`) and returns the number of
+    /// affected rows. The query must be valid on every backend: build it with diesel's DSL.
+    pub async fn execute<Q>(&mut self, query: Q) -> diesel::QueryResult<usize>
+    where
+        Q: ExecuteDsl<SqliteConn>
+            + ExecuteDsl<AsyncPgConnection>
+            + ExecuteDsl<AsyncMysqlConnection>
+            + Send,
+    {
+        dispatch!(self, c => RunQueryDsl::execute(query, &mut **c).await)
+    }
+
+    /// Runs a diesel query and loads every row.
+    pub async fn load<'q, Q, U>(&mut self, query: Q) -> diesel::QueryResult<Vec<U>>
+    where
+        Q: LoadQuery<'q, SqliteConn, U>
+            + LoadQuery<'q, AsyncPgConnection, U>
+            + LoadQuery<'q, AsyncMysqlConnection, U>
+            + Send
+            + 'q,
+        U: Send,
+    {
+        dispatch!(self, c => RunQueryDsl::load(query, &mut **c).await)
+    }
+
+    /// Runs SQL text with no parameters (one or more statements).
+    pub async fn batch_execute(&mut self, sql: &str) -> diesel::QueryResult<()> {
+        dispatch!(self, c => c.batch_execute(sql).await)
+    }
+
+    /// The PostgreSQL connection, for backend-specific code.
+    pub fn as_postgres(&mut self) -> Option<&mut AsyncPgConnection> {
+        match self {
+            Self::Postgres(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The SQLite connection, for backend-specific code.
+    pub fn as_sqlite(&mut self) -> Option<&mut SqliteConn> {
+        match self {
+            Self::Sqlite(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The MySQL/MariaDB connection, for backend-specific code.
+    pub fn as_mysql(&mut self) -> Option<&mut AsyncMysqlConnection> {
+        match self {
+            Self::Mysql(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn query_error(&self, source: diesel::result::Error) -> StoreError {
+        StoreError::Query {
+            backend: self.backend(),
+            source,
+        }
+    }
+
+    /// Opens a transaction (a savepoint when one is already open).
+    pub(crate) async fn begin(&mut self) -> StoreResult<()> {
+        let result = dispatch!(self, c => begin_on(&mut **c).await);
+        result.map_err(|e| self.query_error(e))
+    }
+
+    /// Commits the innermost open transaction.
+    pub(crate) async fn commit(&mut self) -> StoreResult<()> {
+        let result = dispatch!(self, c => commit_on(&mut **c).await);
+        result.map_err(|e| self.query_error(e))
+    }
+
+    /// Rolls back the innermost open transaction.
+    pub(crate) async fn rollback(&mut self) -> StoreResult<()> {
+        let result = dispatch!(self, c => rollback_on(&mut **c).await);
+        result.map_err(|e| self.query_error(e))
+    }
+}
+
+async fn begin_on<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
+    use diesel_async::TransactionManager;
+    C::TransactionManager::begin_transaction(c).await
+}
+
+async fn commit_on<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
+    use diesel_async::TransactionManager;
+    C::TransactionManager::commit_transaction(c).await
+}
+
+async fn rollback_on<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
+    use diesel_async::TransactionManager;
+    C::TransactionManager::rollback_transaction(c).await
+}
+
+impl<'c> From<&'c mut SqliteConn> for Conn<'c> {
+    fn from(c: &'c mut SqliteConn) -> Self {
+        Self::Sqlite(c)
+    }
+}
+
+impl<'c> From<&'c mut AsyncPgConnection> for Conn<'c> {
+    fn from(c: &'c mut AsyncPgConnection) -> Self {
+        Self::Postgres(c)
+    }
+}
+
+impl<'c> From<&'c mut AsyncMysqlConnection> for Conn<'c> {
+    fn from(c: &'c mut AsyncMysqlConnection) -> Self {
+        Self::Mysql(c)
+    }
+}
+
+fn manager_config<C: AsyncConnection + 'static>() -> ManagerConfig<C> {
+    let mut config = ManagerConfig::default();
+    // `Verified` would spend a round trip on every checkout; a dead connection surfaces on
+    // its first query instead and is replaced.
+    config.recycling_method = RecyclingMethod::Fast;
+    config
+}
+
+/// Builds a deadpool of `$size` connections from `$manager`.
+macro_rules! build_pool {
+    ($manager:expr, $size:expr, $backend:expr) => {
+        Pool::builder($manager)
+            .max_size($size.max(1))
+            .build()
+            .map_err(|e| StoreError::Unavailable {
+                backend: $backend,
+                message: e.to_string(),
+            })?
+    };
+}
+
+impl Store {
+    /// Opens a pool for `url` with default options. No connection is made yet.
+    pub fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, &StoreOptions::default())
+    }
+
+    /// Opens a pool for `url`. No connection is made yet: see [`Store::ping`].
+    pub fn connect_with(url: &str, options: &StoreOptions) -> StoreResult<Self> {
+        let url = DatabaseUrl::parse(url)?;
+        let size = options.max_connections;
+        let pools = match url.backend() {
+            Backend::Sqlite => {
+                let pragmas = if url.is_memory() {
+                    SQLITE_MEMORY_PRAGMAS
+                } else {
+                    SQLITE_FILE_PRAGMAS
+                };
+                let mut config = manager_config::<SqliteConn>();
+                config.custom_setup = Box::new(move |target| {
+                    let target = target.to_owned();
+                    Box::pin(async move {
+                        let mut conn = SqliteConn::establish(&target).await?;
+                        conn.batch_execute(pragmas)
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(url.target(), config);
+                // Every connection to `:memory:` is a separate database: keep exactly one.
+                let size = if url.is_memory() { 1 } else { size };
+                Pools::Sqlite(build_pool!(manager, size, Backend::Sqlite))
+            }
+            Backend::Postgres => {
+                let manager = AsyncDieselConnectionManager::new_with_config(
+                    url.target(),
+                    manager_config::<AsyncPgConnection>(),
+                );
+                Pools::Postgres(build_pool!(manager, size, Backend::Postgres))
+            }
+            Backend::Mysql => {
+                let manager = AsyncDieselConnectionManager::new_with_config(
+                    url.target(),
+                    manager_config::<AsyncMysqlConnection>(),
+                );
+                Pools::Mysql(build_pool!(manager, size, Backend::Mysql))
+            }
+        };
+        Ok(Self { url, pools })
+    }
+
+    /// The URL this store connects to.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// The backend this store connects to.
+    pub fn backend(&self) -> Backend {
+        self.url.backend()
+    }
+
+    /// Takes a connection from the pool, opening one if needed.
+    pub async fn conn(&self) -> StoreResult<PooledConn> {
+        let unavailable = |message: String| StoreError::Unavailable {
+            backend: self.backend(),
+            message,
+        };
+        let inner = match &self.pools {
+            Pools::Sqlite(p) => PooledInner::Sqlite(p.get().await.map_err(|e| unavailable(e.to_string()))?),
+            Pools::Postgres(p) => {
+                PooledInner::Postgres(p.get().await.map_err(|e| unavailable(e.to_string()))?)
+            }
+            Pools::Mysql(p) => PooledInner::Mysql(p.get().await.map_err(|e| unavailable(e.to_string()))?),
+        };
+        Ok(PooledConn { inner })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut pooled = self.conn().await?;
+        let mut conn = pooled.conn();
+        conn.batch_execute("SELECT 1")
+            .await
+            .map_err(|e| conn.query_error(e))
+    }
+
+    /// Applies every pending embedded migration; returns the versions applied.
+    pub async fn migrate(&self) -> StoreResult<Vec<String>> {
+        self.with_harness(|h, m| h.run_pending(m)).await
+    }
+
+    /// Reverts the most recently applied migration; returns its version, if any was applied.
+    pub async fn rollback(&self) -> StoreResult<Option<String>> {
+        self.with_harness(|h, m| {
+            if h.applied()?.is_empty() {
+                return Ok(None);
+            }
+            h.revert_last(m).map(Some)
+        })
+        .await
+    }
+
+    /// Every embedded migration with whether it is applied, oldest first.
+    pub async fn migration_status(&self) -> StoreResult<Vec<(String, bool)>> {
+        self.with_harness(|h, m| {
+            let applied = h.applied()?;
+            let all = MigrationSource::<diesel::pg::Pg>::migrations(&m)
+                .map_err(|e| e as Box<dyn std::error::Error + Send + Sync>)?;
+            Ok(all
+                .iter()
+                .map(|mig| {
+                    let version = mig.name().version().to_string();
+                    let done = applied.contains(&version);
+                    (mig.name().to_string(), done)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Runs `task` with a synchronous migration harness on a blocking thread.
+    async fn with_harness<R, F>(&self, task: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(
+                &mut dyn HarnessAny,
+                EmbeddedMigrations,
+            ) -> HarnessResult<R>
+            + Send
+            + 'static,
+    {
+        let backend = self.backend();
+        let failed = |message: String| StoreError::Migration { backend, message };
+        match &self.pools {
+            Pools::Sqlite(pool) => {
+                // Through the pool, so `sqlite::memory:` migrates the database it will use.
+                let mut conn = pool.get().await.map_err(|e| StoreError::Unavailable {
+                    backend,
+                    message: e.to_string(),
+                })?;
+                let outcome = conn
+                    .spawn_blocking(move |c| {
+                        Ok(task(&mut SqliteHarness(c), SQLITE_MIGRATIONS).map_err(|e| e.to_string()))
+                    })
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                outcome.map_err(failed)
+            }
+            Pools::Postgres(_) | Pools::Mysql(_) => {
+                let target = self.url.target().to_owned();
+                let outcome = tokio::task::spawn_blocking(move || -> Result<R, String> {
+                    if backend == Backend::Postgres {
+                        let mut conn =
+                            AsyncConnectionWrapper::<AsyncPgConnection>::establish_sync(&target)?;
+                        task(&mut conn, POSTGRES_MIGRATIONS).map_err(|e| e.to_string())
+                    } else {
+                        let mut conn =
+                            AsyncConnectionWrapper::<AsyncMysqlConnection>::establish_sync(&target)?;
+                        task(&mut conn, MYSQL_MIGRATIONS).map_err(|e| e.to_string())
+                    }
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+                outcome.map_err(|message| {
+                    if message.starts_with("connect:") {
+                        StoreError::Unavailable { backend, message }
+                    } else {
+                        failed(message)
+                    }
+                })
+            }
+        }
+    }
+}
+
+type HarnessResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The three operations the store needs from diesel's `MigrationHarness`, object-safe so one
+/// closure serves every backend. Versions come back as text.
+pub(crate) trait HarnessAny {
+    fn run_pending(&mut self, m: EmbeddedMigrations) -> HarnessResult<Vec<String>>;
+    fn revert_last(&mut self, m: EmbeddedMigrations) -> HarnessResult<String>;
+    fn applied(&mut self) -> HarnessResult<Vec<String>>;
+}
+
+macro_rules! impl_harness_any {
+    ($ty:ty, $db:ty, |$s:ident| $conn:expr) => {
+        impl HarnessAny for $ty {
+            fn run_pending(&mut self, m: EmbeddedMigrations) -> HarnessResult<Vec<String>> {
+                let $s = self;
+                let versions = MigrationHarness::<$db>::run_pending_migrations($conn, m)?;
+                Ok(versions.iter().map(ToString::to_string).collect())
+            }
+            fn revert_last(&mut self, m: EmbeddedMigrations) -> HarnessResult<String> {
+                let $s = self;
+                MigrationHarness::<$db>::revert_last_migration($conn, m).map(|v| v.to_string())
+            }
+            fn applied(&mut self) -> HarnessResult<Vec<String>> {
+                let $s = self;
+                let versions = MigrationHarness::<$db>::applied_migrations($conn)?;
+                Ok(versions.iter().map(ToString::to_string).collect())
+            }
+        }
+    };
+}
+
+struct SqliteHarness<'a>(&'a mut diesel::SqliteConnection);
+
+impl_harness_any!(SqliteHarness<'_>, Sqlite, |s| &mut *s.0);
+impl_harness_any!(AsyncConnectionWrapper<AsyncPgConnection>, diesel::pg::Pg, |s| s);
+impl_harness_any!(AsyncConnectionWrapper<AsyncMysqlConnection>, diesel::mysql::Mysql, |s| s);
+
+/// Establishes a synchronous wrapper connection, tagging connection errors so the caller can
+/// tell "database down" from "migration failed".
+trait EstablishSync: Sized {
+    fn establish_sync(target: &str) -> Result<Self, String>;
+}
+
+impl<C> EstablishSync for AsyncConnectionWrapper<C>
+where
+    AsyncConnectionWrapper<C>: diesel::Connection,
+{
+    fn establish_sync(target: &str) -> Result<Self, String> {
+        <Self as diesel::Connection>::establish(target).map_err(|e| format!("connect: {e}"))
+    }
+}
+
+/// How long the engine waits between attempts when the database is unreachable.
+pub(crate) const OUTAGE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(5));

@@ -1,0 +1,446 @@
+//! The checkpoint queries, written once against diesel's DSL and run on whichever backend a
+//! [`Conn`] holds. Only the spots where SQL dialects differ (conflict handling, `NULLS LAST`)
+//! are spelled per backend.
+
+use std::collections::HashSet;
+
+use diesel::prelude::{BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
+use diesel_async::RunQueryDsl;
+
+use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
+use super::schema::{checkpoint_events as ev, checkpoint_failures as fl};
+use super::{Conn, Store, StoreError, StoreResult, dispatch};
+
+/// Longest value of the indexed text columns (topic, group_id, checksum, entity_id,
+/// event_type, event_version) on every backend.
+pub const MAX_TEXT_LEN: usize = 255;
+
+/// Rows per multi-row INSERT; keeps every backend well under its bind-parameter limit.
+const INSERT_CHUNK: usize = 1000;
+
+fn check_len(field: &'static str, value: Option<&str>) -> StoreResult<()> {
+    match value {
+        Some(v) if v.chars().count() > MAX_TEXT_LEN => Err(StoreError::FieldTooLong {
+            field,
+            len: v.chars().count(),
+            max: MAX_TEXT_LEN,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Rejects values that a backend would otherwise truncate or refuse mid-transaction.
+pub(crate) fn validate_event(row: &NewEvent<'_>) -> StoreResult<()> {
+    check_len("topic", Some(row.topic))?;
+    check_len("group_id", Some(row.group_id))?;
+    check_len("checksum", Some(row.checksum))?;
+    check_len("entity_id", row.entity_id)?;
+    check_len("event_type", row.event_type)?;
+    check_len("event_version", row.event_version)
+}
+
+fn validate_failure(row: &NewFailure<'_>) -> StoreResult<()> {
+    check_len("topic", Some(row.topic))?;
+    check_len("group_id", Some(row.group_id))?;
+    check_len("checksum", Some(row.checksum))?;
+    check_len("entity_id", row.entity_id)?;
+    check_len("event_type", row.event_type)?;
+    check_len("event_version", row.event_version)
+}
+
+/// Builds the filtered, boxed listing query of `$table` for backend `$db`.
+macro_rules! filtered {
+    ($table:ident, $db:ty, $q:expr) => {{
+        let q: &ListQuery = $q;
+        let mut query = $table::table.into_boxed::<$db>();
+        if let Some(v) = &q.entity_id {
+            query = query.filter($table::entity_id.eq(v.clone()));
+        }
+        if let Some(v) = &q.topic {
+            query = query.filter($table::topic.eq(v.clone()));
+        }
+        if let Some(v) = &q.group_id {
+            query = query.filter($table::group_id.eq(v.clone()));
+        }
+        if let Some(v) = &q.event_type {
+            query = query.filter($table::event_type.eq(v.clone()));
+        }
+        query
+    }};
+}
+
+/// Lists `$table` rows as `$model`: PostgreSQL sorts NULL above every value, so it needs an
+/// explicit `NULLS LAST`; SQLite and MySQL sort NULL below every value, so `DESC` already puts
+/// NULLs last (and matches their indexes).
+macro_rules! list_rows {
+    ($conn:expr, $table:ident, $model:ty, $q:expr) => {{
+        let q: &ListQuery = $q;
+        match $conn {
+            Conn::Postgres(c) => {
+                use diesel::expression_methods::PgSortExpressionMethods;
+                filtered!($table, diesel::pg::Pg, q)
+                    .order_by((
+                        $table::event_time.desc().nulls_last(),
+                        $table::created_at.desc().nulls_last(),
+                        $table::id.desc(),
+                    ))
+                    .limit(q.limit)
+                    .offset(q.offset)
+                    .select(<$model>::as_select())
+                    .load::<$model>(&mut **c)
+                    .await
+            }
+            Conn::Sqlite(c) => {
+                filtered!($table, diesel::sqlite::Sqlite, q)
+                    .order_by(($table::event_time.desc(), $table::created_at.desc(), $table::id.desc()))
+                    .limit(q.limit)
+                    .offset(q.offset)
+                    .select(<$model>::as_select())
+                    .load::<$model>(&mut **c)
+                    .await
+            }
+            Conn::Mysql(c) => {
+                filtered!($table, diesel::mysql::Mysql, q)
+                    .order_by(($table::event_time.desc(), $table::created_at.desc(), $table::id.desc()))
+                    .limit(q.limit)
+                    .offset(q.offset)
+                    .select(<$model>::as_select())
+                    .load::<$model>(&mut **c)
+                    .await
+            }
+        }
+    }};
+}
+
+impl Conn<'_> {
+    /// True when an event with this dedup key is stored.
+    pub async fn event_exists(&mut self, key: DedupKey<'_>) -> StoreResult<bool> {
+        let query = ev::table
+            .select(ev::id)
+            .filter(ev::topic.eq(key.topic))
+            .filter(ev::group_id.eq(key.group_id))
+            .filter(ev::checksum.eq(key.checksum));
+        let found = dispatch!(self, c => query.first::<i64>(&mut **c).await.optional());
+        found.map(|id| id.is_some()).map_err(|e| self.query_error(e))
+    }
+
+    /// The subset of `checksums` already stored as events of `topic` and `group_id`, in one
+    /// query.
+    pub async fn existing_checksums(
+        &mut self,
+        topic: &str,
+        group_id: &str,
+        checksums: &[&str],
+    ) -> StoreResult<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in checksums.chunks(INSERT_CHUNK) {
+            let query = ev::table
+                .select(ev::checksum)
+                .filter(ev::topic.eq(topic))
+                .filter(ev::group_id.eq(group_id))
+                .filter(ev::checksum.eq_any(chunk));
+            let rows = dispatch!(self, c => query.load::<String>(&mut **c).await);
+            found.extend(rows.map_err(|e| self.query_error(e))?);
+        }
+        Ok(found)
+    }
+
+    /// Inserts an event unless its dedup key is already stored; true when this call inserted
+    /// it. A concurrent insert of the same key waits for the other transaction and then does
+    /// nothing, so two rows can never exist.
+    pub async fn insert_event(&mut self, row: &NewEvent<'_>) -> StoreResult<bool> {
+        validate_event(row)?;
+        let inserted = match self {
+            Conn::Postgres(c) => {
+                diesel::insert_into(ev::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)
+                    .await
+            }
+            Conn::Sqlite(c) => {
+                diesel::insert_into(ev::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)
+                    .await
+            }
+            // `ON DUPLICATE KEY UPDATE id = id` reports 1 for a duplicate under CLIENT_FOUND_ROWS;
+            // INSERT IGNORE reports 0. What IGNORE would otherwise hide (truncation) is ruled
+            // out by `validate_event` and strict mode.
+            Conn::Mysql(c) => diesel::insert_or_ignore_into(ev::table).values(row).execute(&mut **c).await,
+        };
+        inserted.map(|n| n > 0).map_err(|e| self.query_error(e))
+    }
+
+    /// Inserts many events, skipping stored dedup keys; returns, per row, whether this call
+    /// inserted it (a key repeated inside `rows` is inserted once, for its first row). One
+    /// statement per 1,000 rows on PostgreSQL and SQLite.
+    pub async fn insert_events(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
+        for row in rows {
+            validate_event(row)?;
+        }
+        let mut inserted_keys: HashSet<(String, String, String)> = HashSet::new();
+        if !matches!(self, Conn::Postgres(_)) {
+            // MySQL has no RETURNING and diesel's SQLite driver cannot combine a multi-row
+            // INSERT with RETURNING: one statement per row (in-process on SQLite, and inside the
+            // caller's transaction) tells exactly which went in.
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(self.insert_event(row).await?);
+            }
+            return Ok(out);
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let returned = match self {
+                Conn::Postgres(c) => {
+                    diesel::insert_into(ev::table)
+                        .values(chunk)
+                        .on_conflict_do_nothing()
+                        .returning((ev::topic, ev::group_id, ev::checksum))
+                        .get_results::<(String, String, String)>(&mut **c)
+                        .await
+                }
+                Conn::Sqlite(_) | Conn::Mysql(_) => Ok(Vec::new()),
+            };
+            inserted_keys.extend(returned.map_err(|e| self.query_error(e))?);
+        }
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let key = (row.topic.to_owned(), row.group_id.to_owned(), row.checksum.to_owned());
+                inserted_keys.remove(&key)
+            })
+            .collect())
+    }
+
+    /// Sets the acknowledgement fields of a stored event (used after a transactional claim).
+    pub(crate) async fn complete_event(
+        &mut self,
+        key: DedupKey<'_>,
+        row: &NewEvent<'_>,
+    ) -> StoreResult<()> {
+        validate_event(row)?;
+        let query = diesel::update(
+            ev::table
+                .filter(ev::topic.eq(key.topic))
+                .filter(ev::group_id.eq(key.group_id))
+                .filter(ev::checksum.eq(key.checksum)),
+        )
+        .set((
+            ev::entity_id.eq(row.entity_id),
+            ev::event_time.eq(row.event_time),
+            ev::event_type.eq(row.event_type),
+            ev::event_version.eq(row.event_version),
+        ));
+        let result = dispatch!(self, c => query.execute(&mut **c).await);
+        result.map(drop).map_err(|e| self.query_error(e))
+    }
+
+    /// The event with this id.
+    pub async fn get_event(&mut self, id: i64) -> StoreResult<Option<Event>> {
+        let row = dispatch!(self, c => ev::table
+            .find(id)
+            .select(Event::as_select())
+            .first::<Event>(&mut **c)
+            .await
+            .optional());
+        row.map_err(|e| self.query_error(e))
+    }
+
+    /// Events matching `query`, newest `event_time` first (NULLs last), then newest
+    /// `created_at` (NULLs last), then highest id.
+    pub async fn list_events(&mut self, query: &ListQuery) -> StoreResult<Vec<Event>> {
+        let rows = list_rows!(self, ev, Event, query);
+        rows.map_err(|e| self.query_error(e))
+    }
+
+    /// Records a failure. A failure with the same dedup key is updated instead: its attempts
+    /// grow by `row.attempts` and it takes the new error and metadata. Returns the row id.
+    pub async fn record_failure(&mut self, row: &NewFailure<'_>) -> StoreResult<i64> {
+        validate_failure(row)?;
+        let inserted = match self {
+            Conn::Postgres(c) => {
+                diesel::insert_into(fl::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)
+                    .await
+            }
+            Conn::Sqlite(c) => {
+                diesel::insert_into(fl::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)
+                    .await
+            }
+            Conn::Mysql(c) => diesel::insert_or_ignore_into(fl::table).values(row).execute(&mut **c).await,
+        }
+        .map_err(|e| self.query_error(e))?;
+        let same_key = fl::topic
+            .eq(row.topic)
+            .and(fl::group_id.eq(row.group_id))
+            .and(fl::checksum.eq(row.checksum));
+        if inserted == 0 {
+            let update = diesel::update(fl::table.filter(same_key)).set((
+                fl::attempts.eq(fl::attempts + row.attempts),
+                fl::metadata.eq(row.metadata),
+                fl::error_class.eq(row.error_class),
+                fl::error_message.eq(row.error_message),
+                fl::error_backtrace.eq(row.error_backtrace),
+            ));
+            let result = dispatch!(self, c => update.execute(&mut **c).await);
+            result.map_err(|e| self.query_error(e))?;
+        }
+        let query = fl::table.select(fl::id).filter(same_key);
+        let id = dispatch!(self, c => query.first::<i64>(&mut **c).await);
+        id.map_err(|e| self.query_error(e))
+    }
+
+    /// Adds one failed attempt and the new error to a stored failure; false if it is gone.
+    pub async fn record_failed_retry(
+        &mut self,
+        id: i64,
+        error_class: &str,
+        error_message: &str,
+        error_backtrace: &str,
+    ) -> StoreResult<bool> {
+        let update = diesel::update(fl::table.find(id)).set((
+            fl::attempts.eq(fl::attempts + 1),
+            fl::error_class.eq(error_class),
+            fl::error_message.eq(error_message),
+            fl::error_backtrace.eq(error_backtrace),
+        ));
+        let result = dispatch!(self, c => update.execute(&mut **c).await);
+        result.map(|n| n > 0).map_err(|e| self.query_error(e))
+    }
+
+    /// The failure with this id.
+    pub async fn get_failure(&mut self, id: i64) -> StoreResult<Option<Failure>> {
+        let row = dispatch!(self, c => fl::table
+            .find(id)
+            .select(Failure::as_select())
+            .first::<Failure>(&mut **c)
+            .await
+            .optional());
+        row.map_err(|e| self.query_error(e))
+    }
+
+    /// Failures matching `query`, in the same order as events.
+    pub async fn list_failures(&mut self, query: &ListQuery) -> StoreResult<Vec<Failure>> {
+        let rows = list_rows!(self, fl, Failure, query);
+        rows.map_err(|e| self.query_error(e))
+    }
+
+    /// Number of failures matching the filters of `query` (paging ignored).
+    pub async fn count_failures(&mut self, query: &ListQuery) -> StoreResult<i64> {
+        let count = match self {
+            Conn::Postgres(c) => filtered!(fl, diesel::pg::Pg, query).count().get_result::<i64>(&mut **c).await,
+            Conn::Sqlite(c) => {
+                filtered!(fl, diesel::sqlite::Sqlite, query).count().get_result::<i64>(&mut **c).await
+            }
+            Conn::Mysql(c) => {
+                filtered!(fl, diesel::mysql::Mysql, query).count().get_result::<i64>(&mut **c).await
+            }
+        };
+        count.map_err(|e| self.query_error(e))
+    }
+
+    /// Deletes the failure with this id; false if there was none.
+    pub async fn delete_failure(&mut self, id: i64) -> StoreResult<bool> {
+        let query = diesel::delete(fl::table.find(id));
+        let deleted = dispatch!(self, c => query.execute(&mut **c).await);
+        deleted.map(|n| n > 0).map_err(|e| self.query_error(e))
+    }
+}
+
+/// One pooled connection per call: the same queries, for callers that hold no connection.
+impl Store {
+    /// See [`Conn::event_exists`].
+    pub async fn event_exists(&self, key: DedupKey<'_>) -> StoreResult<bool> {
+        self.conn().await?.conn().event_exists(key).await
+    }
+
+    /// See [`Conn::existing_checksums`].
+    pub async fn existing_checksums(
+        &self,
+        topic: &str,
+        group_id: &str,
+        checksums: &[&str],
+    ) -> StoreResult<HashSet<String>> {
+        self.conn().await?.conn().existing_checksums(topic, group_id, checksums).await
+    }
+
+    /// See [`Conn::insert_event`].
+    pub async fn insert_event(&self, row: &NewEvent<'_>) -> StoreResult<bool> {
+        self.conn().await?.conn().insert_event(row).await
+    }
+
+    /// See [`Conn::insert_events`]; runs in one transaction.
+    pub async fn insert_events(&self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
+        let mut pooled = self.conn().await?;
+        let mut conn = pooled.conn();
+        conn.begin().await?;
+        match conn.insert_events(rows).await {
+            Ok(flags) => {
+                conn.commit().await?;
+                Ok(flags)
+            }
+            Err(e) => {
+                // The original error matters more than a failed rollback.
+                let _ = conn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// See [`Conn::get_event`].
+    pub async fn get_event(&self, id: i64) -> StoreResult<Option<Event>> {
+        self.conn().await?.conn().get_event(id).await
+    }
+
+    /// See [`Conn::list_events`].
+    pub async fn list_events(&self, query: &ListQuery) -> StoreResult<Vec<Event>> {
+        self.conn().await?.conn().list_events(query).await
+    }
+
+    /// See [`Conn::record_failure`].
+    pub async fn record_failure(&self, row: &NewFailure<'_>) -> StoreResult<i64> {
+        self.conn().await?.conn().record_failure(row).await
+    }
+
+    /// See [`Conn::record_failed_retry`].
+    pub async fn record_failed_retry(
+        &self,
+        id: i64,
+        error_class: &str,
+        error_message: &str,
+        error_backtrace: &str,
+    ) -> StoreResult<bool> {
+        self.conn()
+            .await?
+            .conn()
+            .record_failed_retry(id, error_class, error_message, error_backtrace)
+            .await
+    }
+
+    /// See [`Conn::get_failure`].
+    pub async fn get_failure(&self, id: i64) -> StoreResult<Option<Failure>> {
+        self.conn().await?.conn().get_failure(id).await
+    }
+
+    /// See [`Conn::list_failures`].
+    pub async fn list_failures(&self, query: &ListQuery) -> StoreResult<Vec<Failure>> {
+        self.conn().await?.conn().list_failures(query).await
+    }
+
+    /// See [`Conn::count_failures`].
+    pub async fn count_failures(&self, query: &ListQuery) -> StoreResult<i64> {
+        self.conn().await?.conn().count_failures(query).await
+    }
+
+    /// See [`Conn::delete_failure`].
+    pub async fn delete_failure(&self, id: i64) -> StoreResult<bool> {
+        self.conn().await?.conn().delete_failure(id).await
+    }
+}

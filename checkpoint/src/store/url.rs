@@ -1,0 +1,157 @@
+//! Database URLs: which backend, and what to hand its driver.
+
+use std::fmt;
+
+use crate::error::{Backend, StoreError};
+
+/// A parsed database URL.
+///
+/// | form | meaning |
+/// |---|---|
+/// | `sqlite://relative/path.db` | SQLite file relative to the working directory |
+/// | `sqlite:///absolute/path.db` | SQLite file at an absolute path |
+/// | `sqlite::memory:` | private in-memory SQLite database (one connection) |
+/// | `postgres://user@host:port/db` (or `postgresql://`) | PostgreSQL |
+/// | `mysql://user:password@host:port/db` (or `mariadb://`) | MySQL or MariaDB |
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    backend: Backend,
+    target: String,
+}
+
+impl DatabaseUrl {
+    /// Parses `url`; the error names the URL (password masked) and the reason.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl {
+            url: mask_password(url),
+            reason: reason.to_owned(),
+        };
+        let url = url.trim();
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            return Ok(Self {
+                backend: Backend::Sqlite,
+                target: ":memory:".to_owned(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid("the SQLite file path is empty"));
+            }
+            return Ok(Self {
+                backend: Backend::Sqlite,
+                target: path.to_owned(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(invalid("the SQLite file path is empty"));
+            }
+            return Ok(Self {
+                backend: Backend::Sqlite,
+                target: path.to_owned(),
+            });
+        }
+        for (scheme, backend, canonical) in [
+            ("postgres://", Backend::Postgres, "postgres://"),
+            ("postgresql://", Backend::Postgres, "postgres://"),
+            ("mysql://", Backend::Mysql, "mysql://"),
+            ("mariadb://", Backend::Mysql, "mysql://"),
+        ] {
+            if let Some(rest) = url.strip_prefix(scheme) {
+                let host = rest.split(['/', '?']).next().unwrap_or_default();
+                let host = host.rsplit('@').next().unwrap_or_default();
+                if host.is_empty() {
+                    return Err(invalid("the host is missing"));
+                }
+                return Ok(Self {
+                    backend,
+                    target: format!("{canonical}{rest}"),
+                });
+            }
+        }
+        Err(invalid(
+            "expected sqlite://PATH, sqlite::memory:, postgres://… or mysql://…",
+        ))
+    }
+
+    /// The backend this URL selects.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// What the driver receives: the SQLite path (or `:memory:`), or the server URL.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// True for `sqlite::memory:`.
+    pub fn is_memory(&self) -> bool {
+        self.backend == Backend::Sqlite && self.target == ":memory:"
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.backend {
+            Backend::Sqlite if self.is_memory() => f.write_str("sqlite::memory:"),
+            Backend::Sqlite => write!(f, "sqlite://{}", self.target),
+            _ => f.write_str(&mask_password(&self.target)),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub(crate) fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_forms() {
+        let rel = DatabaseUrl::parse("sqlite://data/cp.db").expect("relative");
+        assert_eq!((rel.backend(), rel.target()), (Backend::Sqlite, "data/cp.db"));
+        let abs = DatabaseUrl::parse("sqlite:///var/lib/cp.db").expect("absolute");
+        assert_eq!(abs.target(), "/var/lib/cp.db");
+        let mem = DatabaseUrl::parse("sqlite::memory:").expect("memory");
+        assert!(mem.is_memory());
+    }
+
+    #[test]
+    fn server_forms() {
+        let pg = DatabaseUrl::parse("postgresql://root@127.0.0.1:5432/test").expect("pg");
+        assert_eq!(pg.backend(), Backend::Postgres);
+        assert_eq!(pg.target(), "postgres://root@127.0.0.1:5432/test");
+        let my = DatabaseUrl::parse("mariadb://root@127.0.0.1:3306/test").expect("mysql");
+        assert_eq!(my.target(), "mysql://root@127.0.0.1:3306/test");
+    }
+
+    #[test]
+    fn rejects_unknown_scheme_and_masks_password() {
+        let err = DatabaseUrl::parse("redis://u:secret@host/0").expect_err("unknown scheme");
+        let text = err.to_string();
+        assert!(text.contains("redis://u:***@host/0"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(DatabaseUrl::parse("postgres:///db").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+}

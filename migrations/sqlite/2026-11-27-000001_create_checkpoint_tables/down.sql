@@ -1,0 +1,2 @@
+DROP TABLE checkpoint_failures;
+DROP TABLE checkpoint_events;

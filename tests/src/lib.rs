@@ -1,0 +1,1 @@
+//! End-to-end suites of checkpoint; the tests live in `tests/`.
