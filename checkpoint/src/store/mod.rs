@@ -11,8 +11,6 @@ pub mod models;
 pub mod schema;
 mod url;
 
-use std::time::Duration;
-
 use diesel::migration::MigrationSource;
 use diesel::sqlite::Sqlite;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -25,6 +23,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
+pub use self::queries::MAX_TEXT_LEN;
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
 pub use self::url::DatabaseUrl;
 pub use crate::error::{Backend, StoreError, StoreResult};
@@ -515,7 +514,3 @@ where
         <Self as diesel::Connection>::establish(target).map_err(|e| format!("connect: {e}"))
     }
 }
-
-/// How long the engine waits between attempts when the database is unreachable.
-pub(crate) const OUTAGE_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(5));

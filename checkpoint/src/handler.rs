@@ -1,0 +1,461 @@
+//! The [`Handler`] trait that `#[checkpoint_handler]` implements (and that can be implemented
+//! by hand), what `consume` returns, and the errors it may raise.
+
+use std::any::type_name;
+use std::backtrace::{Backtrace, BacktraceStatus};
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+
+use crate::message::{Message, Metadata};
+use crate::store::Conn;
+
+/// A boxed, `Send` future: what [`Handler::consume`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The fields an acknowledged event is stored with. Empty fields are filled from the handler's
+/// extractors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ack {
+    /// Entity the event is about.
+    pub entity_id: Option<String>,
+    /// When the event happened.
+    pub event_time: Option<DateTime<Utc>>,
+    /// Event type.
+    pub event_type: Option<String>,
+    /// Event version.
+    pub event_version: Option<String>,
+}
+
+impl Ack {
+    /// An ack with entity id and event time.
+    pub fn new(entity_id: impl Into<String>, event_time: DateTime<Utc>) -> Self {
+        Self {
+            entity_id: Some(entity_id.into()),
+            event_time: Some(event_time),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the event type.
+    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Sets the event version.
+    pub fn with_event_version(mut self, event_version: impl Into<String>) -> Self {
+        self.event_version = Some(event_version.into());
+        self
+    }
+}
+
+/// What `consume` decided about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Store the event: it is consumed and will be skipped if it comes again.
+    Ack(Ack),
+    /// Store nothing: a redelivery of this message is consumed again.
+    Skip,
+}
+
+impl Outcome {
+    /// Acknowledge with entity id and event time.
+    pub fn ack(entity_id: impl Into<String>, event_time: DateTime<Utc>) -> Self {
+        Self::Ack(Ack::new(entity_id, event_time))
+    }
+
+    /// Skip the message.
+    pub fn skip() -> Self {
+        Self::Skip
+    }
+
+    /// Sets the event type of an ack (no effect on a skip).
+    pub fn with_event_type(self, event_type: impl Into<String>) -> Self {
+        match self {
+            Self::Ack(ack) => Self::Ack(ack.with_event_type(event_type)),
+            Self::Skip => Self::Skip,
+        }
+    }
+
+    /// Sets the event version of an ack (no effect on a skip).
+    pub fn with_event_version(self, event_version: impl Into<String>) -> Self {
+        match self {
+            Self::Ack(ack) => Self::Ack(ack.with_event_version(event_version)),
+            Self::Skip => Self::Skip,
+        }
+    }
+}
+
+impl From<Ack> for Outcome {
+    fn from(ack: Ack) -> Self {
+        Self::Ack(ack)
+    }
+}
+
+/// An error raised by `consume`. Any `std::error::Error + Send + Sync + 'static` converts into
+/// it with `?`, keeping its type name (stored as the failure's `error_class`), its message and
+/// its source chain.
+///
+/// A *permanent* error (an undecodable payload, or one the handler marks with
+/// [`HandlerError::permanent`]) is never retried: it becomes a failure at once.
+pub struct HandlerError {
+    class: Cow<'static, str>,
+    message: String,
+    chain: Vec<String>,
+    backtrace: Backtrace,
+    permanent: bool,
+    inner: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl HandlerError {
+    /// Wraps `error`; it may be retried.
+    pub fn new<E: StdError + Send + Sync + 'static>(error: E) -> Self {
+        let mut chain = Vec::new();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            chain.push(cause.to_string());
+            source = cause.source();
+        }
+        Self {
+            class: Cow::Borrowed(type_name::<E>()),
+            message: error.to_string(),
+            chain,
+            backtrace: Backtrace::capture(),
+            permanent: false,
+            inner: Box::new(error),
+        }
+    }
+
+    /// Wraps `error` as permanent: no retries, a failure is recorded at once.
+    pub fn permanent<E: StdError + Send + Sync + 'static>(error: E) -> Self {
+        Self {
+            permanent: true,
+            ..Self::new(error)
+        }
+    }
+
+    /// An error from a plain message (`error_class` is `checkpoint::handler::Message`).
+    pub fn msg(message: impl fmt::Display) -> Self {
+        let mut error = Self::new(MessageError(message.to_string()));
+        error.class = Cow::Borrowed("checkpoint::handler::Message");
+        error
+    }
+
+    /// Marks this error permanent.
+    pub fn into_permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
+    /// Type name of the original error.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// Display text of the original error.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True when the error must not be retried.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// Display texts of the error's sources, outermost first.
+    pub fn chain(&self) -> &[String] {
+        &self.chain
+    }
+
+    /// The source chain (`caused by: …`) followed by the backtrace frames when one was
+    /// captured (`RUST_BACKTRACE=1`): what a failure stores as `error_backtrace`.
+    pub fn backtrace_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.chain.iter().map(|c| format!("caused by: {c}")).collect();
+        if self.backtrace.status() == BacktraceStatus::Captured {
+            lines.extend(
+                self.backtrace
+                    .to_string()
+                    .lines()
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+        lines
+    }
+
+    /// The original error.
+    pub fn get_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    /// Returns the original error if it is an `E`.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.inner.downcast_ref::<E>()
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        Self::new(error)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("class", &self.class)
+            .field("message", &self.message)
+            .field("chain", &self.chain)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct MessageError(String);
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for MessageError {}
+
+/// A payload that could not be decoded into the type `consume` asks for. Always permanent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload is not UTF-8 but `consume` takes text.
+    #[error("payload is not valid UTF-8: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
+    /// The payload is not JSON of the expected shape.
+    #[error("payload is not valid JSON for `{target}`: {source}")]
+    Json {
+        /// The type `consume` asked for.
+        target: &'static str,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// `ctx.tx()` was called in a handler that does not run transactionally.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "this handler is not transactional: declare it with `#[checkpoint_handler(transactional)]` \
+     (or return true from `Handler::transactional`) to write through the checkpoint transaction"
+)]
+pub struct NotTransactional;
+
+/// What `consume` sees besides the payload: the delivery metadata and, in transactional mode,
+/// the open checkpoint transaction.
+pub struct Context<'a> {
+    metadata: &'a Metadata,
+    conn: Option<Conn<'a>>,
+}
+
+impl<'a> Context<'a> {
+    /// A context for one delivery attempt; `conn` is the open transaction in transactional
+    /// mode.
+    pub fn new(metadata: &'a Metadata, conn: Option<Conn<'a>>) -> Self {
+        Self { metadata, conn }
+    }
+
+    /// Metadata of this delivery attempt.
+    pub fn metadata(&self) -> &'a Metadata {
+        self.metadata
+    }
+
+    /// Attempts made before this one (0 on the first delivery).
+    pub fn retry_count(&self) -> u32 {
+        self.metadata.retry_count
+    }
+
+    /// The open checkpoint transaction. What you write through it commits together with the
+    /// event row when `consume` acks, and is rolled back when it skips or fails.
+    pub fn tx(&mut self) -> Result<&mut Conn<'a>, NotTransactional> {
+        self.conn.as_mut().ok_or(NotTransactional)
+    }
+
+    /// Acknowledge with entity id and event time (shorthand for [`Outcome::ack`]).
+    pub fn ack(&self, entity_id: impl Into<String>, event_time: DateTime<Utc>) -> Outcome {
+        Outcome::ack(entity_id, event_time)
+    }
+
+    /// Skip the message (shorthand for [`Outcome::skip`]).
+    pub fn skip(&self) -> Outcome {
+        Outcome::Skip
+    }
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("metadata", self.metadata)
+            .field("transactional", &self.conn.is_some())
+            .finish()
+    }
+}
+
+/// The default retry decision: retry while `retry_count < max_retries`; forever when
+/// `max_retries` is `None`.
+pub fn default_retry_decision(max_retries: Option<u32>, retry_count: u32) -> bool {
+    max_retries.is_none_or(|max| retry_count < max)
+}
+
+/// A checkpointed event handler.
+///
+/// Usually generated by `#[checkpoint_handler]`; implement it by hand when you need full
+/// control. Extractors see the raw message; they fill failure rows, and event rows where the
+/// ack leaves a field empty.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a checkpoint handler",
+    label = "put `#[checkpoint_handler]` on an `impl {Self}` block with a `consume` fn, or implement `checkpoint::Handler`"
+)]
+pub trait Handler: Send + Sync + 'static {
+    /// Name the handler is registered and configured under.
+    fn name(&self) -> &str;
+
+    /// Retries after the first failed attempt before a failure is recorded; `None` retries
+    /// forever.
+    fn max_retries(&self) -> Option<u32> {
+        None
+    }
+
+    /// True when `consume` runs inside the checkpoint transaction (see [`Context::tx`]).
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// Handles one message.
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, HandlerError>>;
+
+    /// Entity id for failure rows (and acks that leave it empty).
+    fn entity_id(&self, _message: &Message) -> Option<String> {
+        None
+    }
+
+    /// Event time for failure rows (and acks that leave it empty).
+    fn entity_time(&self, _message: &Message) -> Option<DateTime<Utc>> {
+        None
+    }
+
+    /// Event type for failure rows (and acks that leave it empty).
+    fn event_type(&self, _message: &Message) -> Option<String> {
+        None
+    }
+
+    /// Event version for failure rows (and acks that leave it empty).
+    fn event_version(&self, _message: &Message) -> Option<String> {
+        None
+    }
+
+    /// Duplicate key replacing the payload checksum (for example an event id in the payload);
+    /// `None` keeps the checksum.
+    fn dedup_key(&self, _message: &Message) -> Option<String> {
+        None
+    }
+
+    /// Whether to retry after `error`; by default [`default_retry_decision`] with
+    /// [`Handler::max_retries`]. Never asked for permanent errors.
+    fn retry_consume(&self, _message: &Message, metadata: &Metadata, _error: &HandlerError) -> bool {
+        default_retry_decision(self.max_retries(), metadata.retry_count)
+    }
+}
+
+/// Decodes payload bytes into what `consume` takes. Implemented for raw bytes and UTF-8 text;
+/// every other type goes through [`decode_json`].
+pub trait FromPayload<'a>: Sized {
+    /// Decodes `bytes`.
+    fn from_payload(bytes: &'a [u8]) -> Result<Self, DecodeError>;
+}
+
+impl<'a> FromPayload<'a> for &'a [u8] {
+    fn from_payload(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Ok(bytes)
+    }
+}
+
+impl FromPayload<'_> for Vec<u8> {
+    fn from_payload(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+impl<'a> FromPayload<'a> for &'a str {
+    fn from_payload(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Ok(std::str::from_utf8(bytes)?)
+    }
+}
+
+impl FromPayload<'_> for String {
+    fn from_payload(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(std::str::from_utf8(bytes)?.to_owned())
+    }
+}
+
+/// Decodes a JSON payload into `T`.
+pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+        target: type_name::<T>(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("charge failed")]
+    struct ChargeFailed(#[source] Refused);
+
+    #[test]
+    fn handler_error_keeps_type_message_and_chain() {
+        let error = HandlerError::from(ChargeFailed(Refused));
+        assert!(error.class().ends_with("ChargeFailed"), "{}", error.class());
+        assert_eq!(error.message(), "charge failed");
+        assert_eq!(error.chain(), ["connection refused"]);
+        assert!(!error.is_permanent());
+        assert_eq!(error.backtrace_lines()[0], "caused by: connection refused");
+        assert!(error.downcast_ref::<ChargeFailed>().is_some());
+    }
+
+    #[test]
+    fn retry_decision_table() {
+        assert!(default_retry_decision(Some(3), 0));
+        assert!(default_retry_decision(Some(3), 2));
+        assert!(!default_retry_decision(Some(3), 3));
+        assert!(!default_retry_decision(Some(0), 0));
+        assert!(default_retry_decision(None, u32::MAX));
+    }
+
+    #[test]
+    fn payload_decoding() {
+        assert_eq!(<&str>::from_payload(b"hi").expect("utf8"), "hi");
+        assert!(matches!(String::from_payload(&[0xff]), Err(DecodeError::Utf8(_))));
+        let err = decode_json::<Vec<u32>>(b"{").expect_err("bad json");
+        assert!(err.to_string().starts_with("payload is not valid JSON for `alloc::vec::Vec<u32>`"), "{err}");
+    }
+}

@@ -1,0 +1,165 @@
+//! Hand-written test handlers that count calls and write countable side effects.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use checkpoint::handler::BoxFuture;
+use checkpoint::prelude::*;
+use chrono::TimeZone;
+
+diesel::table! {
+    /// One row per side effect a test handler applied (no key in SQL: duplicates would show).
+    side_effects (token) {
+        token -> Text,
+    }
+}
+
+/// What one call of [`Scripted::consume`] does after its side effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Ack,
+    Skip,
+    Fail,
+    FailPermanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("downstream service refused the order")]
+pub struct Refused(#[source] pub std::io::Error);
+
+/// A handler that follows a script of steps (then `default`), records every retry_count it
+/// sees, optionally writes a side effect through the checkpoint transaction, and optionally
+/// extracts fields from a JSON payload `{"id", "type", "version", "at"}`.
+pub struct Scripted {
+    pub name: &'static str,
+    pub max_retries: Option<u32>,
+    pub transactional: bool,
+    pub extractors: bool,
+    pub delay: Duration,
+    script: Mutex<VecDeque<Step>>,
+    default: Step,
+    calls: AtomicU32,
+    retry_counts: Mutex<Vec<u32>>,
+}
+
+impl Scripted {
+    pub fn new(default: Step) -> Self {
+        Self {
+            name: "scripted",
+            max_retries: Some(3),
+            transactional: false,
+            extractors: false,
+            delay: Duration::ZERO,
+            script: Mutex::new(VecDeque::new()),
+            default,
+            calls: AtomicU32::new(0),
+            retry_counts: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn script(self, steps: &[Step]) -> Self {
+        *self.script.lock().expect("script") = steps.iter().copied().collect();
+        self
+    }
+
+    pub fn max_retries(mut self, max: Option<u32>) -> Self {
+        self.max_retries = max;
+        self
+    }
+
+    pub fn transactional(mut self) -> Self {
+        self.transactional = true;
+        self
+    }
+
+    pub fn with_extractors(mut self) -> Self {
+        self.extractors = true;
+        self
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn retry_counts(&self) -> Vec<u32> {
+        self.retry_counts.lock().expect("retry counts").clone()
+    }
+
+    fn field(message: &Message, name: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+        value.get(name)?.as_str().map(str::to_owned)
+    }
+}
+
+pub fn event_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 30, 45).single().expect("valid time")
+        + chrono::Duration::milliseconds(123)
+}
+
+impl Handler for Scripted {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    fn transactional(&self) -> bool {
+        self.transactional
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.retry_counts.lock().expect("retry counts").push(ctx.retry_count());
+            if self.transactional {
+                use diesel::prelude::*;
+                let token = String::from_utf8_lossy(&message.payload).into_owned();
+                ctx.tx()?
+                    .execute(diesel::insert_into(side_effects::table).values(side_effects::token.eq(token)))
+                    .await?;
+            }
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let step = self.script.lock().expect("script").pop_front().unwrap_or(self.default);
+            match step {
+                Step::Ack => Ok(Outcome::ack(format!("entity-{}", message.offset), event_time())
+                    .with_event_type("created")
+                    .with_event_version("v1")),
+                Step::Skip => Ok(Outcome::skip()),
+                Step::Fail => Err(Refused(std::io::Error::other("connection reset")).into()),
+                Step::FailPermanent => Err(HandlerError::permanent(Refused(std::io::Error::other("bad data")))),
+            }
+        })
+    }
+
+    fn entity_id(&self, message: &Message) -> Option<String> {
+        self.extractors.then(|| Self::field(message, "id")).flatten()
+    }
+
+    fn entity_time(&self, message: &Message) -> Option<DateTime<Utc>> {
+        let at = self.extractors.then(|| Self::field(message, "at")).flatten()?;
+        DateTime::parse_from_rfc3339(&at).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    fn event_type(&self, message: &Message) -> Option<String> {
+        self.extractors.then(|| Self::field(message, "type")).flatten()
+    }
+
+    fn event_version(&self, message: &Message) -> Option<String> {
+        self.extractors.then(|| Self::field(message, "version")).flatten()
+    }
+}
