@@ -155,7 +155,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("store", &self.store).finish()
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -373,7 +375,9 @@ impl Engine {
         let origin = Origin::new(event.group_id).with_listener_id("api/retry");
         let attempt = self.attempt(handler, &message, &origin, 0);
         Ok(match self.around(&attempt, RetryMode::Report).await? {
-            Disposition::Retry(error) | Disposition::Failed { error, .. } => RetryOutcome::Failed(error),
+            Disposition::Retry(error) | Disposition::Failed { error, .. } => {
+                RetryOutcome::Failed(error)
+            }
             Disposition::Acknowledged { .. } => RetryOutcome::Acknowledged,
             Disposition::Skipped => RetryOutcome::Skipped,
             Disposition::AlreadyConsumed => RetryOutcome::AlreadyConsumed,
@@ -394,7 +398,10 @@ impl Engine {
             topic: message.topic.clone(),
             partition: message.partition,
             offset: message.offset,
-            key: message.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: message
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             retry_count,
             checksum: Self::dedup_key(handler, message),
         };
@@ -407,17 +414,33 @@ impl Engine {
     }
 
     /// `around_consume`: wraps the whole attempt, whatever its result.
-    async fn around(&self, attempt: &Attempt<'_>, mode: RetryMode) -> Result<Disposition, EngineError> {
+    async fn around(
+        &self,
+        attempt: &Attempt<'_>,
+        mode: RetryMode,
+    ) -> Result<Disposition, EngineError> {
         let started = Instant::now();
         let result = self.checked(attempt, mode).await;
-        self.fire(Notification::AroundConsume, attempt, Some(started.elapsed()));
+        self.fire(
+            Notification::AroundConsume,
+            attempt,
+            Some(started.elapsed()),
+        );
         result
     }
 
-    async fn checked(&self, attempt: &Attempt<'_>, mode: RetryMode) -> Result<Disposition, EngineError> {
+    async fn checked(
+        &self,
+        attempt: &Attempt<'_>,
+        mode: RetryMode,
+    ) -> Result<Disposition, EngineError> {
         let started = Instant::now();
         let exists = self.store.event_exists(attempt.key()).await?;
-        self.fire(Notification::EventAlreadyExistsCheck, attempt, Some(started.elapsed()));
+        self.fire(
+            Notification::EventAlreadyExistsCheck,
+            attempt,
+            Some(started.elapsed()),
+        );
         if exists {
             self.fire(Notification::EventAlreadyConsumed, attempt, None);
             return Ok(Disposition::AlreadyConsumed);
@@ -463,7 +486,11 @@ impl Engine {
                          to make the handler's effects exactly-once too"
                     );
                 }
-                self.fire(Notification::EventAcknowledged, attempt, Some(started.elapsed()));
+                self.fire(
+                    Notification::EventAcknowledged,
+                    attempt,
+                    Some(started.elapsed()),
+                );
                 Ok(Disposition::Acknowledged { inserted })
             }
             Ok(_) => {
@@ -511,13 +538,18 @@ impl Engine {
                 };
                 match completed {
                     Ok(()) => {
-                        self.fire(Notification::EventAcknowledged, attempt, Some(started.elapsed()));
+                        self.fire(
+                            Notification::EventAcknowledged,
+                            attempt,
+                            Some(started.elapsed()),
+                        );
                         Ok(Disposition::Acknowledged { inserted: true })
                     }
                     Err(error @ StoreError::FieldTooLong { .. }) => {
                         conn.rollback().await?;
                         drop(pooled);
-                        self.settle_error(attempt, HandlerError::permanent(error), mode).await
+                        self.settle_error(attempt, HandlerError::permanent(error), mode)
+                            .await
                     }
                     Err(error) => Err(abandon(&mut conn, error).await),
                 }
@@ -566,7 +598,11 @@ impl Engine {
         Ok(Disposition::Failed { failure_id, error })
     }
 
-    async fn record_failure(&self, attempt: &Attempt<'_>, error: &HandlerError) -> Result<i64, EngineError> {
+    async fn record_failure(
+        &self,
+        attempt: &Attempt<'_>,
+        error: &HandlerError,
+    ) -> Result<i64, EngineError> {
         let handler = attempt.handler;
         let message = attempt.message;
         let entity_id = handler.entity_id(message);
@@ -591,9 +627,11 @@ impl Engine {
             error_class: error.class(),
             error_message: error.message(),
             error_backtrace: &backtrace,
-            attempts: i32::try_from(attempt.metadata.retry_count.saturating_add(1)).unwrap_or(i32::MAX),
+            attempts: i32::try_from(attempt.metadata.retry_count.saturating_add(1))
+                .unwrap_or(i32::MAX),
         };
-        self.wait_out_outage(|| self.store.record_failure(&row)).await
+        self.wait_out_outage(|| self.store.record_failure(&row))
+            .await
     }
 
     /// Runs `op` until it succeeds or fails for a reason other than an unreachable database.
@@ -617,7 +655,8 @@ impl Engine {
     }
 
     fn fire(&self, notification: Notification, attempt: &Attempt<'_>, duration: Option<Duration>) {
-        self.instrument.fire(notification, &attempt.metadata, duration);
+        self.instrument
+            .fire(notification, &attempt.metadata, duration);
     }
 }
 
@@ -633,7 +672,9 @@ async fn abandon(conn: &mut Conn<'_>, error: StoreError) -> EngineError {
 fn bytes_json(bytes: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(bytes) {
         Ok(text) => serde_json::Value::String(text.to_owned()),
-        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        }
     }
 }
 
@@ -699,10 +740,23 @@ mod tests {
     #[test]
     fn backoff_doubles_from_min_and_caps_at_max() {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        for (attempt, base) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000), (40, 1000)] {
+        for (attempt, base) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1000),
+            (40, 1000),
+        ] {
             let delay = backoff.delay(attempt);
-            assert!(delay >= Duration::from_millis(base), "attempt {attempt}: {delay:?}");
-            assert!(delay <= Duration::from_millis((base * 6 / 5).min(1000)), "attempt {attempt}: {delay:?}");
+            assert!(
+                delay >= Duration::from_millis(base),
+                "attempt {attempt}: {delay:?}"
+            );
+            assert!(
+                delay <= Duration::from_millis((base * 6 / 5).min(1000)),
+                "attempt {attempt}: {delay:?}"
+            );
         }
     }
 

@@ -104,7 +104,9 @@ impl From<Ack> for Outcome {
 ///
 /// A *permanent* error (an undecodable payload, or one the handler marks with
 /// [`HandlerError::permanent`]) is never retried: it becomes a failure at once.
-pub struct HandlerError {
+pub struct HandlerError(Box<ErrorInner>);
+
+struct ErrorInner {
     class: Cow<'static, str>,
     message: String,
     chain: Vec<String>,
@@ -122,64 +124,67 @@ impl HandlerError {
             chain.push(cause.to_string());
             source = cause.source();
         }
-        Self {
+        Self(Box::new(ErrorInner {
             class: Cow::Borrowed(type_name::<E>()),
             message: error.to_string(),
             chain,
             backtrace: Backtrace::capture(),
             permanent: false,
             inner: Box::new(error),
-        }
+        }))
     }
 
     /// Wraps `error` as permanent: no retries, a failure is recorded at once.
     pub fn permanent<E: StdError + Send + Sync + 'static>(error: E) -> Self {
-        Self {
-            permanent: true,
-            ..Self::new(error)
-        }
+        Self::new(error).into_permanent()
     }
 
     /// An error from a plain message (`error_class` is `checkpoint::handler::Message`).
     pub fn msg(message: impl fmt::Display) -> Self {
         let mut error = Self::new(MessageError(message.to_string()));
-        error.class = Cow::Borrowed("checkpoint::handler::Message");
+        error.0.class = Cow::Borrowed("checkpoint::handler::Message");
         error
     }
 
     /// Marks this error permanent.
     pub fn into_permanent(mut self) -> Self {
-        self.permanent = true;
+        self.0.permanent = true;
         self
     }
 
     /// Type name of the original error.
     pub fn class(&self) -> &str {
-        &self.class
+        &self.0.class
     }
 
     /// Display text of the original error.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// True when the error must not be retried.
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.0.permanent
     }
 
     /// Display texts of the error's sources, outermost first.
     pub fn chain(&self) -> &[String] {
-        &self.chain
+        &self.0.chain
     }
 
     /// The source chain (`caused by: …`) followed by the backtrace frames when one was
     /// captured (`RUST_BACKTRACE=1`): what a failure stores as `error_backtrace`.
     pub fn backtrace_lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.chain.iter().map(|c| format!("caused by: {c}")).collect();
-        if self.backtrace.status() == BacktraceStatus::Captured {
+        let mut lines: Vec<String> = self
+            .0
+            .chain
+            .iter()
+            .map(|c| format!("caused by: {c}"))
+            .collect();
+        if self.0.backtrace.status() == BacktraceStatus::Captured {
             lines.extend(
-                self.backtrace
+                self.0
+                    .backtrace
                     .to_string()
                     .lines()
                     .map(|l| l.trim().to_owned())
@@ -191,12 +196,12 @@ impl HandlerError {
 
     /// The original error.
     pub fn get_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
-        &*self.inner
+        &*self.0.inner
     }
 
     /// Returns the original error if it is an `E`.
     pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
-        self.inner.downcast_ref::<E>()
+        self.0.inner.downcast_ref::<E>()
     }
 }
 
@@ -208,17 +213,17 @@ impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.class, self.message)
+        write!(f, "{}: {}", self.0.class, self.0.message)
     }
 }
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerError")
-            .field("class", &self.class)
-            .field("message", &self.message)
-            .field("chain", &self.chain)
-            .field("permanent", &self.permanent)
+            .field("class", &self.0.class)
+            .field("message", &self.0.message)
+            .field("chain", &self.0.chain)
+            .field("permanent", &self.0.permanent)
             .finish()
     }
 }
@@ -375,7 +380,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Whether to retry after `error`; by default [`default_retry_decision`] with
     /// [`Handler::max_retries`]. Never asked for permanent errors.
-    fn retry_consume(&self, _message: &Message, metadata: &Metadata, _error: &HandlerError) -> bool {
+    fn retry_consume(
+        &self,
+        _message: &Message,
+        metadata: &Metadata,
+        _error: &HandlerError,
+    ) -> bool {
         default_retry_decision(self.max_retries(), metadata.retry_count)
     }
 }
@@ -454,8 +464,15 @@ mod tests {
     #[test]
     fn payload_decoding() {
         assert_eq!(<&str>::from_payload(b"hi").expect("utf8"), "hi");
-        assert!(matches!(String::from_payload(&[0xff]), Err(DecodeError::Utf8(_))));
+        assert!(matches!(
+            String::from_payload(&[0xff]),
+            Err(DecodeError::Utf8(_))
+        ));
         let err = decode_json::<Vec<u32>>(b"{").expect_err("bad json");
-        assert!(err.to_string().starts_with("payload is not valid JSON for `alloc::vec::Vec<u32>`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("payload is not valid JSON for `alloc::vec::Vec<u32>`"),
+            "{err}"
+        );
     }
 }

@@ -98,7 +98,9 @@ impl Notification {
     pub fn histogram_name(self) -> Option<&'static str> {
         match self {
             Self::AroundConsume => Some("db_checkpoint_around_consume_seconds"),
-            Self::EventAlreadyExistsCheck => Some("db_checkpoint_event_already_exists_check_seconds"),
+            Self::EventAlreadyExistsCheck => {
+                Some("db_checkpoint_event_already_exists_check_seconds")
+            }
             Self::EventAction => Some("db_checkpoint_event_action_seconds"),
             Self::EventAcknowledged => Some("db_checkpoint_event_acknowledged_seconds"),
             Self::EventSkipped | Self::EventAlreadyConsumed => None,
@@ -148,7 +150,12 @@ impl Instrument {
         self.observers.push(observer);
     }
 
-    pub(crate) fn fire(&self, notification: Notification, metadata: &Metadata, duration: Option<Duration>) {
+    pub(crate) fn fire(
+        &self,
+        notification: Notification,
+        metadata: &Metadata,
+        duration: Option<Duration>,
+    ) {
         let labels = [
             ("topic", metadata.topic.clone()),
             ("group_id", metadata.group_id.clone()),

@@ -152,8 +152,14 @@ mod tests {
     #[test]
     fn checksum_is_lowercase_hex_md5_of_the_exact_bytes() {
         assert_eq!(checksum(b""), "d41d8cd98f00b204e9800998ecf8427e");
-        assert_eq!(checksum(br#"{"a":"b"}"#), "92eff9dda44cb8003ee13990782580ff");
+        assert_eq!(
+            checksum(br#"{"a":"b"}"#),
+            "92eff9dda44cb8003ee13990782580ff"
+        );
         assert_eq!(checksum(b"data"), "8d777f385d3dfec8815d20f7496026dc");
-        assert_eq!(checksum(&[0xff, 0x00, 0xfe]), "13a18f27d9e54107c1d22c7d67f55018");
+        assert_eq!(
+            checksum(&[0xff, 0x00, 0xfe]),
+            "13a18f27d9e54107c1d22c7d67f55018"
+        );
     }
 }

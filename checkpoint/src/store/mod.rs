@@ -6,8 +6,8 @@
 //! and it runs any diesel query built from backend-neutral tables ([`Conn::execute`],
 //! [`Conn::load`]).
 
-mod queries;
 pub mod models;
+mod queries;
 pub mod schema;
 mod url;
 
@@ -16,15 +16,17 @@ use diesel::sqlite::Sqlite;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::methods::{ExecuteDsl, LoadQuery};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
-pub use self::queries::MAX_TEXT_LEN;
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
+pub use self::queries::MAX_TEXT_LEN;
 pub use self::url::DatabaseUrl;
 pub use crate::error::{Backend, StoreError, StoreResult};
 
@@ -51,7 +53,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 10 }
+        Self {
+            max_connections: 10,
+        }
     }
 }
 
@@ -82,7 +86,8 @@ pub struct PooledConn {
 
 enum PooledInner {
     Sqlite(Object<SqliteConn>),
-    Postgres(Object<AsyncPgConnection>),
+    // Boxed: a pooled PostgreSQL connection is several times larger than the others.
+    Postgres(Box<Object<AsyncPgConnection>>),
     Mysql(Object<AsyncMysqlConnection>),
 }
 
@@ -356,11 +361,15 @@ impl Store {
             message,
         };
         let inner = match &self.pools {
-            Pools::Sqlite(p) => PooledInner::Sqlite(p.get().await.map_err(|e| unavailable(e.to_string()))?),
-            Pools::Postgres(p) => {
-                PooledInner::Postgres(p.get().await.map_err(|e| unavailable(e.to_string()))?)
+            Pools::Sqlite(p) => {
+                PooledInner::Sqlite(p.get().await.map_err(|e| unavailable(e.to_string()))?)
             }
-            Pools::Mysql(p) => PooledInner::Mysql(p.get().await.map_err(|e| unavailable(e.to_string()))?),
+            Pools::Postgres(p) => PooledInner::Postgres(Box::new(
+                p.get().await.map_err(|e| unavailable(e.to_string()))?,
+            )),
+            Pools::Mysql(p) => {
+                PooledInner::Mysql(p.get().await.map_err(|e| unavailable(e.to_string()))?)
+            }
         };
         Ok(PooledConn { inner })
     }
@@ -412,12 +421,7 @@ impl Store {
     async fn with_harness<R, F>(&self, task: F) -> StoreResult<R>
     where
         R: Send + 'static,
-        F: FnOnce(
-                &mut dyn HarnessAny,
-                EmbeddedMigrations,
-            ) -> HarnessResult<R>
-            + Send
-            + 'static,
+        F: FnOnce(&mut dyn HarnessAny, EmbeddedMigrations) -> HarnessResult<R> + Send + 'static,
     {
         let backend = self.backend();
         let failed = |message: String| StoreError::Migration { backend, message };
@@ -430,7 +434,8 @@ impl Store {
                 })?;
                 let outcome = conn
                     .spawn_blocking(move |c| {
-                        Ok(task(&mut SqliteHarness(c), SQLITE_MIGRATIONS).map_err(|e| e.to_string()))
+                        Ok(task(&mut SqliteHarness(c), SQLITE_MIGRATIONS)
+                            .map_err(|e| e.to_string()))
                     })
                     .await
                     .map_err(|e| failed(e.to_string()))?;
@@ -445,7 +450,9 @@ impl Store {
                         task(&mut conn, POSTGRES_MIGRATIONS).map_err(|e| e.to_string())
                     } else {
                         let mut conn =
-                            AsyncConnectionWrapper::<AsyncMysqlConnection>::establish_sync(&target)?;
+                            AsyncConnectionWrapper::<AsyncMysqlConnection>::establish_sync(
+                                &target,
+                            )?;
                         task(&mut conn, MYSQL_MIGRATIONS).map_err(|e| e.to_string())
                     }
                 })
@@ -497,8 +504,16 @@ macro_rules! impl_harness_any {
 struct SqliteHarness<'a>(&'a mut diesel::SqliteConnection);
 
 impl_harness_any!(SqliteHarness<'_>, Sqlite, |s| &mut *s.0);
-impl_harness_any!(AsyncConnectionWrapper<AsyncPgConnection>, diesel::pg::Pg, |s| s);
-impl_harness_any!(AsyncConnectionWrapper<AsyncMysqlConnection>, diesel::mysql::Mysql, |s| s);
+impl_harness_any!(
+    AsyncConnectionWrapper<AsyncPgConnection>,
+    diesel::pg::Pg,
+    |s| s
+);
+impl_harness_any!(
+    AsyncConnectionWrapper<AsyncMysqlConnection>,
+    diesel::mysql::Mysql,
+    |s| s
+);
 
 /// Establishes a synchronous wrapper connection, tagging connection errors so the caller can
 /// tell "database down" from "migration failed".

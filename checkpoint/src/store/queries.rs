@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use diesel::prelude::{BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
+use diesel::prelude::{
+    BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper,
+};
 use diesel_async::RunQueryDsl;
 
 use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
@@ -92,7 +94,11 @@ macro_rules! list_rows {
             }
             Conn::Sqlite(c) => {
                 filtered!($table, diesel::sqlite::Sqlite, q)
-                    .order_by(($table::event_time.desc(), $table::created_at.desc(), $table::id.desc()))
+                    .order_by((
+                        $table::event_time.desc(),
+                        $table::created_at.desc(),
+                        $table::id.desc(),
+                    ))
                     .limit(q.limit)
                     .offset(q.offset)
                     .select(<$model>::as_select())
@@ -101,7 +107,11 @@ macro_rules! list_rows {
             }
             Conn::Mysql(c) => {
                 filtered!($table, diesel::mysql::Mysql, q)
-                    .order_by(($table::event_time.desc(), $table::created_at.desc(), $table::id.desc()))
+                    .order_by((
+                        $table::event_time.desc(),
+                        $table::created_at.desc(),
+                        $table::id.desc(),
+                    ))
                     .limit(q.limit)
                     .offset(q.offset)
                     .select(<$model>::as_select())
@@ -121,7 +131,9 @@ impl Conn<'_> {
             .filter(ev::group_id.eq(key.group_id))
             .filter(ev::checksum.eq(key.checksum));
         let found = dispatch!(self, c => query.first::<i64>(&mut **c).await.optional());
-        found.map(|id| id.is_some()).map_err(|e| self.query_error(e))
+        found
+            .map(|id| id.is_some())
+            .map_err(|e| self.query_error(e))
     }
 
     /// The subset of `checksums` already stored as events of `topic` and `group_id`, in one
@@ -168,7 +180,12 @@ impl Conn<'_> {
             // `ON DUPLICATE KEY UPDATE id = id` reports 1 for a duplicate under CLIENT_FOUND_ROWS;
             // INSERT IGNORE reports 0. What IGNORE would otherwise hide (truncation) is ruled
             // out by `validate_event` and strict mode.
-            Conn::Mysql(c) => diesel::insert_or_ignore_into(ev::table).values(row).execute(&mut **c).await,
+            Conn::Mysql(c) => {
+                diesel::insert_or_ignore_into(ev::table)
+                    .values(row)
+                    .execute(&mut **c)
+                    .await
+            }
         };
         inserted.map(|n| n > 0).map_err(|e| self.query_error(e))
     }
@@ -208,7 +225,11 @@ impl Conn<'_> {
         Ok(rows
             .iter()
             .map(|row| {
-                let key = (row.topic.to_owned(), row.group_id.to_owned(), row.checksum.to_owned());
+                let key = (
+                    row.topic.to_owned(),
+                    row.group_id.to_owned(),
+                    row.checksum.to_owned(),
+                );
                 inserted_keys.remove(&key)
             })
             .collect())
@@ -274,7 +295,12 @@ impl Conn<'_> {
                     .execute(&mut **c)
                     .await
             }
-            Conn::Mysql(c) => diesel::insert_or_ignore_into(fl::table).values(row).execute(&mut **c).await,
+            Conn::Mysql(c) => {
+                diesel::insert_or_ignore_into(fl::table)
+                    .values(row)
+                    .execute(&mut **c)
+                    .await
+            }
         }
         .map_err(|e| self.query_error(e))?;
         let same_key = fl::topic
@@ -335,12 +361,23 @@ impl Conn<'_> {
     /// Number of failures matching the filters of `query` (paging ignored).
     pub async fn count_failures(&mut self, query: &ListQuery) -> StoreResult<i64> {
         let count = match self {
-            Conn::Postgres(c) => filtered!(fl, diesel::pg::Pg, query).count().get_result::<i64>(&mut **c).await,
+            Conn::Postgres(c) => {
+                filtered!(fl, diesel::pg::Pg, query)
+                    .count()
+                    .get_result::<i64>(&mut **c)
+                    .await
+            }
             Conn::Sqlite(c) => {
-                filtered!(fl, diesel::sqlite::Sqlite, query).count().get_result::<i64>(&mut **c).await
+                filtered!(fl, diesel::sqlite::Sqlite, query)
+                    .count()
+                    .get_result::<i64>(&mut **c)
+                    .await
             }
             Conn::Mysql(c) => {
-                filtered!(fl, diesel::mysql::Mysql, query).count().get_result::<i64>(&mut **c).await
+                filtered!(fl, diesel::mysql::Mysql, query)
+                    .count()
+                    .get_result::<i64>(&mut **c)
+                    .await
             }
         };
         count.map_err(|e| self.query_error(e))
@@ -368,7 +405,11 @@ impl Store {
         group_id: &str,
         checksums: &[&str],
     ) -> StoreResult<HashSet<String>> {
-        self.conn().await?.conn().existing_checksums(topic, group_id, checksums).await
+        self.conn()
+            .await?
+            .conn()
+            .existing_checksums(topic, group_id, checksums)
+            .await
     }
 
     /// See [`Conn::insert_event`].

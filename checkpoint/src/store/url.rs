@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn sqlite_forms() {
         let rel = DatabaseUrl::parse("sqlite://data/cp.db").expect("relative");
-        assert_eq!((rel.backend(), rel.target()), (Backend::Sqlite, "data/cp.db"));
+        assert_eq!(
+            (rel.backend(), rel.target()),
+            (Backend::Sqlite, "data/cp.db")
+        );
         let abs = DatabaseUrl::parse("sqlite:///var/lib/cp.db").expect("absolute");
         assert_eq!(abs.target(), "/var/lib/cp.db");
         let mem = DatabaseUrl::parse("sqlite::memory:").expect("memory");

@@ -99,7 +99,9 @@ impl Scripted {
 }
 
 pub fn event_time() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 27, 12, 30, 45).single().expect("valid time")
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 30, 45)
+        .single()
+        .expect("valid time")
         + chrono::Duration::milliseconds(123)
 }
 
@@ -123,43 +125,69 @@ impl Handler for Scripted {
     ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            self.retry_counts.lock().expect("retry counts").push(ctx.retry_count());
+            self.retry_counts
+                .lock()
+                .expect("retry counts")
+                .push(ctx.retry_count());
             if self.transactional {
                 use diesel::prelude::*;
                 let token = String::from_utf8_lossy(&message.payload).into_owned();
                 ctx.tx()?
-                    .execute(diesel::insert_into(side_effects::table).values(side_effects::token.eq(token)))
+                    .execute(
+                        diesel::insert_into(side_effects::table)
+                            .values(side_effects::token.eq(token)),
+                    )
                     .await?;
             }
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
             }
-            let step = self.script.lock().expect("script").pop_front().unwrap_or(self.default);
+            let step = self
+                .script
+                .lock()
+                .expect("script")
+                .pop_front()
+                .unwrap_or(self.default);
             match step {
-                Step::Ack => Ok(Outcome::ack(format!("entity-{}", message.offset), event_time())
-                    .with_event_type("created")
-                    .with_event_version("v1")),
+                Step::Ack => Ok(
+                    Outcome::ack(format!("entity-{}", message.offset), event_time())
+                        .with_event_type("created")
+                        .with_event_version("v1"),
+                ),
                 Step::Skip => Ok(Outcome::skip()),
                 Step::Fail => Err(Refused(std::io::Error::other("connection reset")).into()),
-                Step::FailPermanent => Err(HandlerError::permanent(Refused(std::io::Error::other("bad data")))),
+                Step::FailPermanent => Err(HandlerError::permanent(Refused(
+                    std::io::Error::other("bad data"),
+                ))),
             }
         })
     }
 
     fn entity_id(&self, message: &Message) -> Option<String> {
-        self.extractors.then(|| Self::field(message, "id")).flatten()
+        self.extractors
+            .then(|| Self::field(message, "id"))
+            .flatten()
     }
 
     fn entity_time(&self, message: &Message) -> Option<DateTime<Utc>> {
-        let at = self.extractors.then(|| Self::field(message, "at")).flatten()?;
-        DateTime::parse_from_rfc3339(&at).ok().map(|t| t.with_timezone(&Utc))
+        let at = self
+            .extractors
+            .then(|| Self::field(message, "at"))
+            .flatten()?;
+        DateTime::parse_from_rfc3339(&at)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 
     fn event_type(&self, message: &Message) -> Option<String> {
-        self.extractors.then(|| Self::field(message, "type")).flatten()
+        self.extractors
+            .then(|| Self::field(message, "type"))
+            .flatten()
     }
 
     fn event_version(&self, message: &Message) -> Option<String> {
-        self.extractors.then(|| Self::field(message, "version")).flatten()
+        self.extractors
+            .then(|| Self::field(message, "version"))
+            .flatten()
     }
 }

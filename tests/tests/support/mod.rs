@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use checkpoint::store::{Backend, Store};
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{
+    AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, SimpleAsyncConnection,
+};
 
 /// Where the server databases are; override with these variables.
 pub const POSTGRES_URL_VAR: &str = "CHECKPOINT_TEST_POSTGRES_URL";
@@ -71,7 +73,8 @@ impl TestDb {
     }
 
     pub async fn postgres() -> Option<Self> {
-        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
+        let admin_url =
+            std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
         let mut admin = match AsyncPgConnection::establish(&admin_url).await {
             Ok(conn) => conn,
             Err(e) => return unreachable("PostgreSQL", &admin_url, e),
@@ -97,15 +100,31 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .expect("create database");
-        let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin_url);
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin_url);
         let url = format!("{base}/{database}");
-        Some(Self::migrated(url, Cleanup::MysqlDatabase { admin_url, database }).await)
+        Some(
+            Self::migrated(
+                url,
+                Cleanup::MysqlDatabase {
+                    admin_url,
+                    database,
+                },
+            )
+            .await,
+        )
     }
 
     async fn migrated(url: String, cleanup: Cleanup) -> Self {
         let store = Store::connect(&url).expect("store");
         store.migrate().await.expect("migrate");
-        Self { store, url, cleanup }
+        Self {
+            store,
+            url,
+            cleanup,
+        }
     }
 
     /// Creates the table the test handlers write their side effects to.
@@ -163,13 +182,20 @@ impl TestDb {
             Cleanup::PostgresSchema { admin_url, schema } => {
                 drop(self.store);
                 if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
-                    let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+                    let _ = admin
+                        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .await;
                 }
             }
-            Cleanup::MysqlDatabase { admin_url, database } => {
+            Cleanup::MysqlDatabase {
+                admin_url,
+                database,
+            } => {
                 drop(self.store);
                 if let Ok(mut admin) = AsyncMysqlConnection::establish(&admin_url).await {
-                    let _ = admin.batch_execute(&format!("DROP DATABASE {database}")).await;
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE {database}"))
+                        .await;
                 }
             }
         }
