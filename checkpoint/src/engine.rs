@@ -331,20 +331,14 @@ impl Engine {
             headers: headers_from_json(&stored),
             timestamp: None,
         };
-        let origin = Origin::new(failure.group_id).with_listener_id("api/retry");
-        let attempt = self.attempt(handler, &message, &origin, 0);
-        let outcome = match self.around(&attempt, RetryMode::Report).await? {
-            Disposition::Retry(error) | Disposition::Failed { error, .. } => {
-                let backtrace = backtrace_json(&error);
-                self.store
-                    .record_failed_retry(failure_id, error.class(), error.message(), &backtrace)
-                    .await?;
-                return Ok(RetryOutcome::Failed(error));
-            }
-            Disposition::Acknowledged { .. } => RetryOutcome::Acknowledged,
-            Disposition::Skipped => RetryOutcome::Skipped,
-            Disposition::AlreadyConsumed => RetryOutcome::AlreadyConsumed,
-        };
+        let outcome = self.run_once(handler, &message, failure.group_id).await?;
+        if let RetryOutcome::Failed(error) = &outcome {
+            let backtrace = backtrace_json(error);
+            self.store
+                .record_failed_retry(failure_id, error.class(), error.message(), &backtrace)
+                .await?;
+            return Ok(outcome);
+        }
         self.store.delete_failure(failure_id).await?;
         Ok(outcome)
     }
@@ -372,8 +366,18 @@ impl Engine {
             headers: Vec::new(),
             timestamp: None,
         };
-        let origin = Origin::new(event.group_id).with_listener_id("api/retry");
-        let attempt = self.attempt(handler, &message, &origin, 0);
+        self.run_once(handler, &message, event.group_id).await
+    }
+
+    /// One attempt on behalf of an operator (API retry): errors are reported, not recorded.
+    async fn run_once(
+        &self,
+        handler: &dyn Handler,
+        message: &Message,
+        group_id: String,
+    ) -> Result<RetryOutcome, EngineError> {
+        let origin = Origin::new(group_id).with_listener_id("api/retry");
+        let attempt = self.attempt(handler, message, &origin, 0);
         Ok(match self.around(&attempt, RetryMode::Report).await? {
             Disposition::Retry(error) | Disposition::Failed { error, .. } => {
                 RetryOutcome::Failed(error)
