@@ -9,6 +9,7 @@ pub use chrono::{DateTime, Utc};
 
 pub use crate::handler::{
     BoxFuture, Context, DecodeError, FromPayload, Handler, HandlerError, Outcome, decode_json,
+    default_retry_decision,
 };
 pub use crate::message::{Message, Metadata};
 
@@ -62,4 +63,36 @@ pub fn decode_raw_payload<'a, T: FromPayload<'a>>(bytes: &'a [u8]) -> Result<T, 
 /// Asserts at compile time that a `consume` future is `Send`.
 pub fn assert_send_future<F: std::future::Future + Send>(future: F) -> F {
     future
+}
+
+/// What `consume` of the stub `Handler` impl returns: `#[checkpoint_handler]` emits that stub
+/// next to its compile errors so they do not cascade. Never runs, as such a crate does not
+/// compile.
+pub fn invalid_handler<'a>() -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+    Box::pin(std::future::ready(Err(HandlerError::msg(
+        "this handler's #[checkpoint_handler] reported compile errors",
+    ))))
+}
+
+/// What an extractor fn returns, checked against what its `Handler` method returns (the
+/// identity); gives a wrong return type an error at the user's type.
+#[diagnostic::on_unimplemented(
+    message = "this extractor must return `{R}`, not `{Self}`",
+    label = "this return type"
+)]
+pub trait ExtractorReturn<R> {
+    /// Returns `self`.
+    fn into_extracted(self) -> R;
+}
+
+impl<T> ExtractorReturn<Option<T>> for Option<T> {
+    fn into_extracted(self) -> Option<T> {
+        self
+    }
+}
+
+impl ExtractorReturn<bool> for bool {
+    fn into_extracted(self) -> bool {
+        self
+    }
 }

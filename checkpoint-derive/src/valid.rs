@@ -1,0 +1,252 @@
+//! Checks the signatures of `consume` and the extractors, and turns the impl block into the
+//! [`Handler`] model the expansion trusts.
+
+use proc_macro2::Ident;
+use quote::ToTokens;
+use syn::{ReturnType, Signature, Type};
+
+use crate::args::{Args, NAME};
+use crate::ast::{self, CONSUME, Extractor, ExtractorFn, Input, PayloadKind};
+use crate::ctxt::Ctxt;
+
+/// A handler whose every part was checked.
+pub(crate) struct Handler<'a> {
+    pub(crate) self_ty: &'a Type,
+    pub(crate) name: String,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) transactional: bool,
+    pub(crate) consume: Consume<'a>,
+    pub(crate) extractors: Vec<ExtractorSig<'a>>,
+}
+
+/// The user's `consume` fn.
+pub(crate) struct Consume<'a> {
+    pub(crate) sig: &'a Signature,
+    pub(crate) payload: &'a Type,
+    pub(crate) payload_kind: PayloadKind,
+    pub(crate) takes_ctx: bool,
+    pub(crate) output: &'a Type,
+}
+
+/// A user's extractor fn.
+pub(crate) struct ExtractorSig<'a> {
+    pub(crate) kind: Extractor,
+    pub(crate) ident: &'a Ident,
+    pub(crate) takes_self: bool,
+    /// The parameter types after the optional `&self`, `kind.arity()` of them.
+    pub(crate) params: Vec<&'a Type>,
+    pub(crate) output: &'a Type,
+}
+
+/// The name the handler is registered under: `name = "…"`, else the type's name.
+pub(crate) fn handler_name(args: &Args, self_ty: &Type) -> Option<String> {
+    match &args.name {
+        Some(name) => Some(name.value()),
+        None => ast::type_name(self_ty),
+    }
+}
+
+/// Checks `input`, recording every mistake; `None` when there was one.
+pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<Handler<'a>> {
+    let self_ty = &*input.item.self_ty;
+    let name = handler_name(args, self_ty);
+    if name.is_none() {
+        cx.error_spanned_by(
+            self_ty,
+            format_args!(
+                "this type has no name to register the handler under: add `{NAME} = \"…\"`"
+            ),
+        );
+    }
+    let consume = match input.consume {
+        Some(func) => check_consume(cx, &func.sig),
+        None => {
+            cx.error_spanned_by(
+                self_ty,
+                format_args!(
+                    "missing `{CONSUME}` fn: a `#[checkpoint_handler]` impl handles messages in \
+                     `async fn {CONSUME}(&self, payload: T, ctx: &mut Context<'_>) -> \
+                     Result<Outcome, E>` (`ctx` is optional; a plain `fn` works too)"
+                ),
+            );
+            None
+        }
+    };
+    let extractors: Vec<_> = input
+        .extractors
+        .iter()
+        .map(|extractor| check_extractor(cx, extractor))
+        .collect();
+    Some(Handler {
+        self_ty,
+        name: name?,
+        max_retries: args.max_retries,
+        transactional: args.transactional,
+        consume: consume?,
+        extractors: extractors.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+fn check_consume<'a>(cx: &Ctxt, sig: &'a Signature) -> Option<Consume<'a>> {
+    let mut ok = check_plain_fn(cx, sig, &format!("`{CONSUME}`"));
+    let (receiver, params) = ast::params(sig);
+    match receiver {
+        Some(receiver) if ast::is_ref_self(receiver) => {}
+        Some(receiver) => {
+            cx.error_spanned_by(receiver, format_args!("`{CONSUME}` takes `&self`"));
+            ok = false;
+        }
+        None => {
+            cx.error_spanned_by(
+                inputs_or_ident(sig),
+                format_args!("`{CONSUME}` takes `&self` as its first parameter"),
+            );
+            ok = false;
+        }
+    }
+
+    let payload = params.first().map(|param| &*param.ty);
+    let payload_kind = payload.map(ast::payload_kind);
+    match payload {
+        None => {
+            cx.error_spanned_by(
+                &sig.ident,
+                format_args!(
+                    "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: \
+                     T, …)`"
+                ),
+            );
+            ok = false;
+        }
+        Some(ty) if payload_kind == Some(PayloadKind::Borrowed) => {
+            cx.error_spanned_by(
+                ty,
+                "take the payload by value (any `T: Deserialize`), or borrow the message as \
+                 `&[u8]` or `&str`; other references cannot be decoded from a message",
+            );
+            ok = false;
+        }
+        Some(_) => {}
+    }
+    if let Some(ctx) = params.get(1)
+        && !ast::is_context(&ctx.ty)
+    {
+        cx.error_spanned_by(
+            &ctx.ty,
+            format_args!(
+                "the second parameter of `{CONSUME}` is the context: `ctx: &mut Context<'_>`"
+            ),
+        );
+        ok = false;
+    }
+    if let Some(extra) = params.get(2) {
+        cx.error_spanned_by(
+            extra,
+            format_args!(
+                "`{CONSUME}` takes at most two parameters after `&self`: the payload and \
+                 `ctx: &mut Context<'_>`"
+            ),
+        );
+        ok = false;
+    }
+
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => Some(&**ty),
+        ReturnType::Default => {
+            cx.error_at(
+                sig.paren_token.span.close(),
+                format_args!("`{CONSUME}` must return `Outcome` or `Result<Outcome, E>`"),
+            );
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(Consume {
+        sig,
+        payload: payload?,
+        payload_kind: payload_kind?,
+        takes_ctx: params.len() == 2,
+        output: output?,
+    })
+}
+
+fn check_extractor<'a>(cx: &Ctxt, extractor: &ExtractorFn<'a>) -> Option<ExtractorSig<'a>> {
+    let kind = extractor.kind;
+    let sig = &extractor.func.sig;
+    let attr = format!("`#[{}]` fn", kind.name());
+    let expected = format!(
+        "a {attr} has the signature `{}`, where `T` is the payload type of `{CONSUME}` (`&self` \
+         may come first)",
+        kind.signature()
+    );
+    let mut ok = check_plain_fn(cx, sig, &attr);
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            format_args!("an extractor is a plain fn; {expected}"),
+        );
+        ok = false;
+    }
+    let (receiver, params) = ast::params(sig);
+    let takes_self = receiver.is_some();
+    if let Some(receiver) = receiver.filter(|r| !ast::is_ref_self(r)) {
+        cx.error_spanned_by(
+            receiver,
+            format_args!("an extractor takes `&self` or no receiver; {expected}"),
+        );
+        ok = false;
+    }
+    if params.len() != kind.arity() {
+        let found = params.len();
+        cx.error_spanned_by(
+            inputs_or_ident(sig),
+            format_args!(
+                "{expected}; this one takes {found} parameter{}",
+                if found == 1 { "" } else { "s" }
+            ),
+        );
+        ok = false;
+    }
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => Some(&**ty),
+        ReturnType::Default => {
+            cx.error_at(sig.paren_token.span.close(), &expected);
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(ExtractorSig {
+        kind,
+        ident: &sig.ident,
+        takes_self,
+        params: params.iter().map(|param| &*param.ty).collect(),
+        output: output?,
+    })
+}
+
+/// Generic and `unsafe` fns cannot be called from the generated impl.
+fn check_plain_fn(cx: &Ctxt, sig: &Signature, what: &str) -> bool {
+    let mut ok = true;
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        cx.error_spanned_by(&sig.generics, format_args!("{what} cannot be generic"));
+        ok = false;
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        cx.error_spanned_by(unsafety, format_args!("{what} cannot be `unsafe`"));
+        ok = false;
+    }
+    ok
+}
+
+/// The parameter list, or the fn's name when it has none.
+fn inputs_or_ident(sig: &Signature) -> proc_macro2::TokenStream {
+    if sig.inputs.is_empty() {
+        sig.ident.to_token_stream()
+    } else {
+        sig.inputs.to_token_stream()
+    }
+}

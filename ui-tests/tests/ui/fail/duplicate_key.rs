@@ -1,0 +1,12 @@
+use checkpoint::prelude::*;
+
+struct Orders;
+
+#[checkpoint_handler(max_retries = 3, name = "orders", max_retries = 5)]
+impl Orders {
+    fn consume(&self, order: String) -> Outcome {
+        Outcome::ack(order, Utc::now())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use checkpoint::prelude::*;
+
+struct Orders;
+
+#[checkpoint_handler]
+impl Orders {
+    fn handle(&self, order: String) -> Outcome {
+        Outcome::ack(order, Utc::now())
+    }
+}
+
+fn main() {}
