@@ -80,3 +80,8 @@ pub mod prelude {
     };
     pub use chrono::{DateTime, Utc};
 }
+
+/// Compiles the README's examples as doctests, so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
