@@ -51,6 +51,18 @@ fn engine_with_recorder(store: &Store) -> (Engine, Arc<Recorded>) {
     (engine, recorded)
 }
 
+/// The failure row a `Failed` disposition points at; panics with `context` otherwise.
+async fn stored_failure(db: &TestDb, d: Disposition, context: &str) -> checkpoint::store::Failure {
+    let Disposition::Failed { failure_id, .. } = d else {
+        panic!("{context}: {d:?}")
+    };
+    db.store
+        .get_failure(failure_id)
+        .await
+        .expect("get")
+        .expect("stored")
+}
+
 async fn ack_persists_every_field(db: TestDb) {
     let engine = Engine::new(db.store.clone());
     let handler = Scripted::new(Step::Ack);
@@ -305,15 +317,7 @@ async fn a_failure_keeps_extractor_fields_and_the_error(db: TestDb) {
         .process(&handler, &order(7, "o-7"), &origin(), 0)
         .await
         .expect("process");
-    let Disposition::Failed { failure_id, .. } = d else {
-        panic!("expected failure: {d:?}")
-    };
-    let failure = db
-        .store
-        .get_failure(failure_id)
-        .await
-        .expect("get")
-        .expect("stored");
+    let failure = stored_failure(&db, d, "expected failure").await;
     assert_eq!(failure.entity_id.as_deref(), Some("o-7"));
     assert_eq!(failure.event_type.as_deref(), Some("order.created"));
     assert_eq!(failure.event_version.as_deref(), Some("v2"));
@@ -356,15 +360,7 @@ async fn a_failure_keeps_extractor_fields_and_the_error(db: TestDb) {
             .process(&plain, &message, &origin(), 0)
             .await
             .expect("process");
-        let Disposition::Failed { failure_id, .. } = d else {
-            panic!("expected failure: {d:?}")
-        };
-        let failure = db
-            .store
-            .get_failure(failure_id)
-            .await
-            .expect("get")
-            .expect("stored");
+        let failure = stored_failure(&db, d, "expected failure").await;
         assert_eq!(failure.payload, payload);
         assert_eq!(
             (
@@ -411,15 +407,7 @@ async fn an_undecodable_payload_is_a_failure_at_once(db: TestDb) {
         .process(&Typed, &message, &origin(), 0)
         .await
         .expect("process");
-    let Disposition::Failed { failure_id, .. } = d else {
-        panic!("retries forever by default, yet no retry: {d:?}")
-    };
-    let failure = db
-        .store
-        .get_failure(failure_id)
-        .await
-        .expect("get")
-        .expect("stored");
+    let failure = stored_failure(&db, d, "retries forever by default, yet no retry").await;
     assert_eq!(failure.error_class, "checkpoint::handler::DecodeError");
     assert!(
         failure
@@ -635,19 +623,14 @@ impl Handler for ById {
         self.0.consume(message, ctx)
     }
     fn dedup_key(&self, message: &Message) -> Option<String> {
-        self.0.with_extractors_entity_id(message)
+        order_key(message)
     }
 }
 
-trait EntityIdOf {
-    fn with_extractors_entity_id(&self, message: &Message) -> Option<String>;
-}
-
-impl EntityIdOf for Scripted {
-    fn with_extractors_entity_id(&self, message: &Message) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
-        value.get("id")?.as_str().map(|id| format!("order:{id}"))
-    }
+/// `order:<id>` from a JSON payload's `id`.
+fn order_key(message: &Message) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+    value.get("id")?.as_str().map(|id| format!("order:{id}"))
 }
 
 async fn a_dedup_key_replaces_the_checksum(db: TestDb) {
