@@ -54,6 +54,7 @@ pub mod engine;
 pub mod error;
 pub mod handler;
 pub mod instrument;
+pub mod listener;
 pub mod message;
 pub mod store;
 

@@ -1,0 +1,640 @@
+//! Kafka listeners: consume a topic in a consumer group and take every message through the
+//! [`Engine`], committing an offset only after that message's event or failure row is durable.
+//!
+//! - Messages of one partition are handled in order, by one worker task per assigned
+//!   partition; partitions run concurrently, at most `max_concurrency` at a time.
+//! - A failing message is retried with exponential backoff and jitter while the consumer keeps
+//!   polling: the partition's worker waits, its queue fills, and the partition is paused at a
+//!   high-water mark and resumed at a low one, so the group never sees a stalled member.
+//! - Offsets are *stored* after a message settles (`enable.auto.offset.store=false`) and
+//!   committed asynchronously in batches (`enable.auto.commit`, 1 s by default); synchronously
+//!   on partition revoke and on shutdown.
+//! - A database outage is waited out with backoff and logged; nothing is skipped because of it.
+//! - Shutdown: stop fetching, let every worker finish the message in hand, commit, leave the
+//!   group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Offset};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::engine::{Backoff, Disposition, Engine};
+use crate::handler::Handler;
+use crate::message::{Header, Message, Origin};
+
+/// Queued messages of one partition above which the partition is paused.
+const PAUSE_AT: usize = 2_000;
+/// Queued messages below which a paused partition is resumed.
+const RESUME_AT: usize = 500;
+
+/// What a listener consumes and how.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    /// The handler every message goes to.
+    pub handler: Arc<dyn Handler>,
+    /// Topic to subscribe to.
+    pub topic: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Listener identifier, unique within the process (defaults to `group_id/topic`).
+    pub listener_id: String,
+    /// Partitions handled at the same time (at least 1).
+    pub max_concurrency: usize,
+    /// Start from the earliest offset when the group has no committed offset (else latest).
+    pub start_from_beginning: bool,
+    /// Backoff between retries of a failing message.
+    pub backoff: Backoff,
+    /// librdkafka properties (`bootstrap.servers`, …), passed through verbatim.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ListenerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSpec")
+            .field("handler", &self.handler.name())
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("listener_id", &self.listener_id)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("start_from_beginning", &self.start_from_beginning)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerSpec {
+    /// A listener of `topic` in `group_id` for `handler`, with one partition at a time, from
+    /// the beginning, and a 1 s – 60 s backoff.
+    pub fn new(
+        handler: Arc<dyn Handler>,
+        topic: impl Into<String>,
+        group_id: impl Into<String>,
+    ) -> Self {
+        let topic = topic.into();
+        let group_id = group_id.into();
+        Self {
+            handler,
+            listener_id: format!("{group_id}/{topic}"),
+            topic,
+            group_id,
+            max_concurrency: 1,
+            start_from_beginning: true,
+            backoff: Backoff::default(),
+            kafka: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a librdkafka property.
+    pub fn kafka(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets how many partitions are handled at once.
+    pub fn max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = max.max(1);
+        self
+    }
+
+    /// Sets the listener id.
+    pub fn listener_id(mut self, id: impl Into<String>) -> Self {
+        self.listener_id = id.into();
+        self
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        // Defaults a user may override…
+        config
+            .set("auto.commit.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "100")
+            .set("fetch.queue.backoff.ms", "10")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (key, value) in &self.kafka {
+            config.set(key, value);
+        }
+        // …and what exactly-once depends on, which they may not.
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if self.start_from_beginning {
+                    "earliest"
+                } else {
+                    "latest"
+                },
+            );
+        config
+    }
+}
+
+/// Counters of one listener, readable while it runs.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    received: AtomicU64,
+    acknowledged: AtomicU64,
+    skipped: AtomicU64,
+    duplicates: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// A snapshot of [`ListenerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Messages received from Kafka.
+    pub received: u64,
+    /// Messages acknowledged (event stored).
+    pub acknowledged: u64,
+    /// Messages the handler skipped.
+    pub skipped: u64,
+    /// Duplicates of stored events (consume not called).
+    pub duplicates: u64,
+    /// Messages recorded as failures.
+    pub failed: u64,
+    /// Failed attempts that were retried.
+    pub retries: u64,
+}
+
+impl StatsSnapshot {
+    /// Messages settled: acknowledged, skipped, duplicates and failures.
+    pub fn settled(&self) -> u64 {
+        self.acknowledged + self.skipped + self.duplicates + self.failed
+    }
+}
+
+impl ListenerStats {
+    /// Current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            received: self.received.load(Ordering::Relaxed),
+            acknowledged: self.acknowledged.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, disposition: &Disposition) {
+        let counter = match disposition {
+            Disposition::Acknowledged { .. } => &self.acknowledged,
+            Disposition::Skipped => &self.skipped,
+            Disposition::AlreadyConsumed => &self.duplicates,
+            Disposition::Failed { .. } => &self.failed,
+            Disposition::Retry(_) => &self.retries,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An error that stops a listener.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// The Kafka consumer could not be created or could not subscribe.
+    #[error("listener `{listener_id}`: {source}")]
+    Kafka {
+        /// The listener.
+        listener_id: String,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Revocation flags shared between the rebalance callback and the partition workers.
+#[derive(Default)]
+struct Assignment {
+    revoked: Mutex<HashMap<i32, Arc<AtomicBool>>>,
+}
+
+impl Assignment {
+    /// The flag of a freshly assigned partition (a new one if the last was revoked).
+    fn flag(&self, partition: i32) -> Arc<AtomicBool> {
+        let mut flags = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let flag = flags.entry(partition).or_default();
+        if flag.load(Ordering::SeqCst) {
+            *flag = Arc::default();
+        }
+        Arc::clone(flag)
+    }
+
+    fn revoke(&self, partitions: &TopicPartitionList) {
+        let flags = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        for element in partitions.elements() {
+            if let Some(flag) = flags.get(&element.partition()) {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+struct ListenerContext {
+    listener_id: String,
+    assignment: Arc<Assignment>,
+}
+
+impl ClientContext for ListenerContext {}
+
+impl ConsumerContext for ListenerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            // Workers stop before their next message; what they settled is committed now, so
+            // the next owner starts right after it.
+            self.assignment.revoke(partitions);
+            commit_stored(consumer, &self.listener_id, "revoke");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => tracing::info!(
+                target: "checkpoint", listener_id = %self.listener_id,
+                partitions = ?partitions.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
+                "partitions assigned"
+            ),
+            Rebalance::Revoke(_) => {
+                tracing::info!(target: "checkpoint", listener_id = %self.listener_id, "partitions revoked");
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(target: "checkpoint", listener_id = %self.listener_id, %error, "rebalance error");
+            }
+        }
+    }
+}
+
+/// Commits the stored offsets synchronously; "nothing to commit" is not an error, and a commit
+/// refused mid-rebalance only means a redelivery the unique checkpoint key absorbs.
+fn commit_stored<K, C>(consumer: &K, listener_id: &str, when: &str)
+where
+    K: Consumer<C>,
+    C: ConsumerContext,
+{
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            tracing::warn!(target: "checkpoint", listener_id, when, %error, "offset commit failed; the messages will be redelivered and deduplicated");
+        }
+    }
+}
+
+type Consumer_ = StreamConsumer<ListenerContext>;
+
+/// One partition's worker.
+struct PartitionWorker {
+    queue: mpsc::UnboundedSender<Message>,
+    depth: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    revoked: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PartitionWorker {
+    /// A listener dropped mid-stream (a crash) takes its workers with it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What every partition worker of a listener shares.
+struct Shared {
+    spec: ListenerSpec,
+    engine: Engine,
+    consumer: Arc<Consumer_>,
+    origin: Origin,
+    stats: Arc<ListenerStats>,
+    permits: Semaphore,
+    stopping: watch::Receiver<bool>,
+}
+
+/// A running Kafka consumer for one topic and group.
+pub struct Listener {
+    spec: ListenerSpec,
+    engine: Engine,
+    stats: Arc<ListenerStats>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// A listener for `spec` that processes messages with `engine`.
+    pub fn new(spec: ListenerSpec, engine: Engine) -> Self {
+        Self {
+            spec,
+            engine,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters, shared: read them while it runs.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Consumes until `shutdown` completes, then finishes in-flight messages, commits and
+    /// leaves the group. Dropping the returned future instead is a crash: nothing settled is
+    /// lost, and unsettled messages are redelivered (and deduplicated) later.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ListenerError> {
+        let listener_id = self.spec.listener_id.clone();
+        let kafka_error = |source| ListenerError::Kafka {
+            listener_id: listener_id.clone(),
+            source,
+        };
+        let assignment = Arc::new(Assignment::default());
+        let context = ListenerContext {
+            listener_id: listener_id.clone(),
+            assignment: Arc::clone(&assignment),
+        };
+        let consumer: Consumer_ = self
+            .spec
+            .client_config()
+            .create_with_context(context)
+            .map_err(kafka_error)?;
+        consumer
+            .subscribe(&[&self.spec.topic])
+            .map_err(kafka_error)?;
+        let consumer = Arc::new(consumer);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            origin: Origin::new(self.spec.group_id.clone()).with_listener_id(listener_id.clone()),
+            permits: Semaphore::new(self.spec.max_concurrency.max(1)),
+            spec: self.spec,
+            engine: self.engine,
+            consumer: Arc::clone(&consumer),
+            stats: self.stats,
+            stopping: stop_rx,
+        });
+        tracing::info!(target: "checkpoint", %listener_id, topic = %shared.spec.topic, group_id = %shared.spec.group_id, "listener started");
+
+        let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
+        tokio::pin!(shutdown);
+        let mut outage = 0;
+        loop {
+            let received = tokio::select! {
+                () = &mut shutdown => break,
+                received = consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => {
+                    outage = 0;
+                    shared.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let partition = message.partition();
+                    let owned = to_message(&message);
+                    drop(message);
+                    let worker = workers
+                        .entry(partition)
+                        .or_insert_with(|| spawn_worker(&shared, &assignment, partition));
+                    if worker.revoked.load(Ordering::SeqCst) || worker.task.is_finished() {
+                        // Reassigned after a revoke: a fresh worker, in order from here.
+                        *worker = spawn_worker(&shared, &assignment, partition);
+                    }
+                    let depth = worker.depth.fetch_add(1, Ordering::SeqCst) + 1;
+                    if worker.queue.send(owned).is_err() {
+                        worker.depth.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if depth >= PAUSE_AT && !worker.paused.swap(true, Ordering::SeqCst) {
+                        set_paused(&consumer, &shared.spec.topic, partition, true);
+                    }
+                }
+                Err(error) => {
+                    // Broker unreachable and similar: librdkafka reconnects by itself.
+                    tracing::warn!(target: "checkpoint", %listener_id, %error, "kafka error; retrying");
+                    tokio::time::sleep(
+                        Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+                            .delay(outage),
+                    )
+                    .await;
+                    outage += 1;
+                }
+            }
+        }
+
+        tracing::info!(target: "checkpoint", %listener_id, "stopping: finishing in-flight messages");
+        let _ = stop_tx.send(true);
+        for (_, mut worker) in workers.drain() {
+            let _ = (&mut worker.task).await;
+        }
+        commit_stored(consumer.as_ref(), &listener_id, "shutdown");
+        consumer.unsubscribe();
+        drop(shared);
+        tracing::info!(target: "checkpoint", %listener_id, "listener stopped");
+        Ok(())
+    }
+}
+
+fn set_paused(consumer: &Consumer_, topic: &str, partition: i32, paused: bool) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let result = if paused {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    if let Err(error) = result {
+        tracing::debug!(target: "checkpoint", partition, paused, %error, "pause/resume failed");
+    }
+}
+
+fn to_message(message: &BorrowedMessage<'_>) -> Message {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| Header {
+                    key: h.key.to_owned(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Message {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+        timestamp: message
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+    }
+}
+
+fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -> PartitionWorker {
+    let (queue, mut inbox) = mpsc::unbounded_channel::<Message>();
+    let depth = Arc::new(AtomicUsize::new(0));
+    let paused = Arc::new(AtomicBool::new(false));
+    let revoked = assignment.flag(partition);
+    let task = {
+        let (shared, depth, paused, revoked) = (
+            Arc::clone(shared),
+            Arc::clone(&depth),
+            Arc::clone(&paused),
+            Arc::clone(&revoked),
+        );
+        tokio::spawn(async move {
+            let mut stopping = shared.stopping.clone();
+            loop {
+                let message = tokio::select! {
+                    received = inbox.recv() => match received {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                };
+                let left = depth.fetch_sub(1, Ordering::SeqCst) - 1;
+                if left <= RESUME_AT && paused.swap(false, Ordering::SeqCst) {
+                    set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+                }
+                if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
+                    // Not ours any more, or shutting down: leave it to the next owner.
+                    break;
+                }
+                if !settle(&shared, &message, &revoked).await {
+                    break;
+                }
+            }
+        })
+    };
+    PartitionWorker {
+        queue,
+        depth,
+        paused,
+        revoked,
+        task,
+    }
+}
+
+/// Takes one message until it is settled, then stores its offset. False when it was abandoned
+/// (shutdown or revoke during a backoff): it stays uncommitted and is redelivered.
+async fn settle(shared: &Shared, message: &Message, revoked: &AtomicBool) -> bool {
+    let Ok(_permit) = shared.permits.acquire().await else {
+        return false;
+    };
+    let mut retry_count = 0;
+    let mut outages = 0;
+    let mut stopping = shared.stopping.clone();
+    loop {
+        let delay = match shared
+            .engine
+            .process(
+                shared.spec.handler.as_ref(),
+                message,
+                &shared.origin,
+                retry_count,
+            )
+            .await
+        {
+            Ok(Disposition::Retry(error)) => {
+                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                let delay = shared.spec.backoff.delay(retry_count);
+                tracing::warn!(
+                    target: "checkpoint", listener_id = %shared.origin.listener_id,
+                    partition = message.partition, offset = message.offset, retry_count,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), %error,
+                    "consume failed; backing off"
+                );
+                retry_count += 1;
+                delay
+            }
+            Ok(settled) => {
+                shared.stats.count(&settled);
+                if let Err(error) =
+                    shared
+                        .consumer
+                        .store_offset(&message.topic, message.partition, message.offset)
+                {
+                    // Revoked meanwhile: the next owner redelivers, the checkpoint dedups.
+                    tracing::debug!(target: "checkpoint", partition = message.partition, %error, "offset not stored");
+                }
+                return true;
+            }
+            Err(error) => {
+                let delay =
+                    Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).delay(outages);
+                tracing::warn!(
+                    target: "checkpoint", listener_id = %shared.origin.listener_id,
+                    partition = message.partition, offset = message.offset, %error,
+                    "checkpoint store failed; waiting before trying the same message again"
+                );
+                outages += 1;
+                delay
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stopping.wait_for(|stop| *stop) => return false,
+        }
+        if revoked.load(Ordering::SeqCst) {
+            return false;
+        }
+    }
+}
+
+/// Seeks nothing, commits nothing: reads the committed offset of every partition of `topic`
+/// for `group_id` (tests and tooling). The returned offsets are owned values, so no
+/// librdkafka list outlives the temporary consumer.
+pub fn committed_offsets(
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    group_id: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<Vec<Option<i64>>, KafkaError> {
+    let mut config = ClientConfig::new();
+    for (key, value) in kafka {
+        config.set(key, value);
+    }
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let offsets = {
+        let committed = consumer.committed_offsets(list, timeout)?;
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .collect()
+    };
+    drop(consumer);
+    Ok(offsets)
+}
