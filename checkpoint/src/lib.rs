@@ -50,6 +50,7 @@
 // crate's own tests.
 extern crate self as checkpoint;
 
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod handler;
