@@ -50,7 +50,9 @@
 // crate's own tests.
 extern crate self as checkpoint;
 
+pub mod app;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod handler;
@@ -63,6 +65,7 @@ pub mod store;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use crate::app::App;
 pub use crate::engine::{Backoff, Disposition, Engine, EngineError, RetryOutcome};
 pub use crate::error::{Backend, StoreError};
 pub use crate::handler::{Ack, Context, DecodeError, Handler, HandlerError, Outcome};

@@ -200,7 +200,9 @@ impl ListenerStats {
 
     fn count(&self, disposition: &Disposition) {
         let counter = match disposition {
-            Disposition::Acknowledged { .. } => &self.acknowledged,
+            Disposition::Acknowledged { inserted: true } => &self.acknowledged,
+            // A concurrent delivery of the same payload stored it first.
+            Disposition::Acknowledged { inserted: false } => &self.duplicates,
             Disposition::Skipped => &self.skipped,
             Disposition::AlreadyConsumed => &self.duplicates,
             Disposition::Failed { .. } => &self.failed,

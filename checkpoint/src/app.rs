@@ -1,0 +1,304 @@
+//! The application: registered handlers, a configuration, and every listener running in one
+//! tokio process until SIGINT or SIGTERM.
+//!
+//! ```no_run
+//! use checkpoint::prelude::*;
+//! use checkpoint::{App, config::Config};
+//!
+//! struct Orders;
+//!
+//! #[checkpoint_handler(max_retries = 3, name = "orders")]
+//! impl Orders {
+//!     fn consume(&self, order: serde_json::Value) -> Outcome {
+//!         Outcome::ack(order["id"].to_string(), Utc::now())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), checkpoint::app::AppError> {
+//! let config = Config::load("checkpoint.toml")?;
+//! App::builder().handler(Orders).config(config).build().await?.run().await
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, ConfigError};
+use crate::engine::Engine;
+use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome, default_retry_decision};
+use crate::listener::{Listener, ListenerError, ListenerSpec};
+use crate::message::{Message, Metadata};
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// An error that stops the application from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The checkpoint database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not start.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// No configuration was given to the builder.
+    #[error("no configuration: call AppBuilder::config")]
+    NoConfig,
+    /// Two handlers were registered under one name.
+    #[error("two handlers are registered as `{0}`")]
+    DuplicateHandler(String),
+    /// A listener asks for something this version does not do.
+    #[error(
+        "{source_file}: listeners[{index}].batch_size: batch mode (batch_size > 1) is not available in this version; use 1"
+    )]
+    BatchUnsupported {
+        /// Configuration file.
+        source_file: String,
+        /// Listener index.
+        index: usize,
+    },
+}
+
+/// Builds an [`App`].
+#[derive(Default)]
+pub struct AppBuilder {
+    handlers: BTreeMap<String, Arc<dyn Handler>>,
+    duplicate: Option<String>,
+    config: Option<Config>,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl AppBuilder {
+    /// Registers `handler` under its [`Handler::name`].
+    pub fn handler(self, handler: impl Handler) -> Self {
+        self.handler_arc(Arc::new(handler))
+    }
+
+    /// Registers a shared handler under its [`Handler::name`].
+    pub fn handler_arc(mut self, handler: Arc<dyn Handler>) -> Self {
+        let name = handler.name().to_owned();
+        if self.handlers.insert(name.clone(), handler).is_some() {
+            self.duplicate.get_or_insert(name);
+        }
+        self
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Checks the configuration against the registered handlers, opens the database and
+    /// applies pending migrations.
+    pub async fn build(self) -> Result<App, AppError> {
+        if let Some(name) = self.duplicate {
+            return Err(AppError::DuplicateHandler(name));
+        }
+        let config = self.config.ok_or(AppError::NoConfig)?;
+        config.check_handlers(self.handlers.keys().map(String::as_str))?;
+        if let Some(index) = config.listeners.iter().position(|l| l.batch_size > 1) {
+            return Err(AppError::BatchUnsupported {
+                source_file: config.source.clone(),
+                index,
+            });
+        }
+        let store = Store::connect_with(
+            &config.database.url,
+            &StoreOptions {
+                max_connections: config.database.pool_size,
+            },
+        )?;
+        store.migrate().await?;
+        Ok(App {
+            engine: Engine::new(store),
+            handlers: self.handlers,
+            config,
+        })
+    }
+}
+
+/// Handlers, configuration and engine, ready to run.
+pub struct App {
+    engine: Engine,
+    handlers: BTreeMap<String, Arc<dyn Handler>>,
+    config: Config,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// A builder.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
+    }
+
+    /// The engine (for retries through the API, or tests).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The registered handler named `name`.
+    pub fn handler(&self, name: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(name)
+    }
+
+    /// One listener per configured `[[listeners]]` entry, not yet running.
+    pub fn listeners(&self) -> Vec<Listener> {
+        let default_retries = self.config.db_checkpoint.max_retries;
+        self.config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let handler = Arc::clone(self.handlers.get(&l.handler)?);
+                let handler: Arc<dyn Handler> = match (handler.max_retries(), default_retries) {
+                    (None, Some(max)) => Arc::new(DefaultRetries {
+                        inner: handler,
+                        max,
+                    }),
+                    _ => handler,
+                };
+                let mut spec = ListenerSpec::new(handler, l.topic.clone(), l.group_id.clone())
+                    .max_concurrency(l.max_concurrency)
+                    .backoff(l.backoff);
+                spec.start_from_beginning = l.start_from_beginning;
+                spec.kafka = self.config.kafka.clone();
+                Some(Listener::new(spec, self.engine.clone()))
+            })
+            .collect()
+    }
+
+    /// Runs every listener until SIGINT or SIGTERM, then shuts them down cleanly.
+    pub async fn run(self) -> Result<(), AppError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs every listener until `shutdown` completes, then shuts them down cleanly.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        for listener in self.listeners() {
+            let mut stopped = stop.subscribe();
+            tasks.spawn(listener.run(async move {
+                let _ = stopped.recv().await;
+            }));
+        }
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            Some(result) = tasks.join_next() => {
+                // A listener ended on its own: stop the others too and report it.
+                let _ = stop.send(());
+                while tasks.join_next().await.is_some() {}
+                return flatten(result);
+            }
+        }
+        let _ = stop.send(());
+        while let Some(result) = tasks.join_next().await {
+            flatten(result)?;
+        }
+        Ok(())
+    }
+}
+
+fn flatten(
+    result: Result<Result<(), ListenerError>, tokio::task::JoinError>,
+) -> Result<(), AppError> {
+    match result {
+        Ok(result) => result.map_err(AppError::from),
+        Err(join) => {
+            tracing::error!(target: "checkpoint", error = %join, "a listener task failed");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!(target: "checkpoint", "shutdown requested");
+}
+
+/// Applies `[db_checkpoint] max_retries` to a handler that declares none: its own retry
+/// decision still applies, bounded by the configured count.
+struct DefaultRetries {
+    inner: Arc<dyn Handler>,
+    max: u32,
+}
+
+impl Handler for DefaultRetries {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn max_retries(&self) -> Option<u32> {
+        Some(self.max)
+    }
+    fn transactional(&self) -> bool {
+        self.inner.transactional()
+    }
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+        self.inner.consume(message, ctx)
+    }
+    fn entity_id(&self, message: &Message) -> Option<String> {
+        self.inner.entity_id(message)
+    }
+    fn entity_time(&self, message: &Message) -> Option<DateTime<Utc>> {
+        self.inner.entity_time(message)
+    }
+    fn event_type(&self, message: &Message) -> Option<String> {
+        self.inner.event_type(message)
+    }
+    fn event_version(&self, message: &Message) -> Option<String> {
+        self.inner.event_version(message)
+    }
+    fn dedup_key(&self, message: &Message) -> Option<String> {
+        self.inner.dedup_key(message)
+    }
+    fn retry_consume(&self, message: &Message, metadata: &Metadata, error: &HandlerError) -> bool {
+        self.inner.retry_consume(message, metadata, error)
+            && default_retry_decision(Some(self.max), metadata.retry_count)
+    }
+}
