@@ -364,7 +364,9 @@ impl Listener {
 
     /// Consumes until `shutdown` completes, then finishes in-flight messages, commits and
     /// leaves the group. Dropping the returned future instead is a crash: nothing settled is
-    /// lost, and unsettled messages are redelivered (and deduplicated) later.
+    /// lost, and unsettled messages are redelivered (and deduplicated) later. After such a drop,
+    /// also drop the engine's [`Store`](crate::Store): the MySQL driver does not survive a
+    /// query interrupted mid-flight, so its pooled connections must not be reused.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ListenerError> {
         let listener_id = self.spec.listener_id.clone();
         let kafka_error = |source| ListenerError::Kafka {

@@ -3,64 +3,20 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkpoint::listener::{Listener, ListenerSpec, committed_offsets};
 use checkpoint::prelude::*;
 use checkpoint::{Backoff, Engine};
+use checkpoint_tests::Sink;
 use support::TestDb;
-use support::handlers::{Scripted, Step, side_effects};
-use support::kafka::{Cluster, Produced, wait_until};
+use support::handlers::{Scripted, Step};
+use support::kafka::{
+    Cluster, TIMEOUT, assert_exactly_once, failures, wait_for_all, wait_for_commits, wait_until,
+    workload,
+};
 use tokio::sync::oneshot;
-
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-#[derive(serde::Deserialize)]
-struct Order {
-    id: String,
-}
-
-/// Writes one side effect per order through the checkpoint transaction.
-struct Sink;
-
-#[checkpoint_handler(transactional, name = "sink")]
-impl Sink {
-    async fn consume(&self, order: Order, ctx: &mut Context<'_>) -> Result<Outcome, HandlerError> {
-        use diesel::prelude::*;
-        ctx.tx()?
-            .execute(
-                diesel::insert_into(side_effects::table)
-                    .values(side_effects::token.eq(order.id.clone())),
-            )
-            .await?;
-        Ok(ctx.ack(order.id, Utc::now()))
-    }
-}
-
-/// `count` messages over `partitions`: every 20th repeats an earlier payload (a duplicate),
-/// every 100th is not JSON (poison). Returns the messages, the unique good ids and the poison
-/// count.
-fn workload(count: usize, partitions: i32) -> (Vec<Produced>, HashSet<String>, usize) {
-    let mut messages = Vec::with_capacity(count);
-    let mut unique = HashSet::new();
-    let mut poison = 0;
-    for i in 0..count {
-        let partition = i32::try_from(i).expect("small") % partitions;
-        let payload = if i % 100 == 99 {
-            poison += 1;
-            format!("poison #{i}: not json").into_bytes()
-        } else if i % 20 == 19 {
-            format!(r#"{{"id":"order-{}"}}"#, i - 10).into_bytes()
-        } else {
-            unique.insert(format!("order-{i}"));
-            format!(r#"{{"id":"order-{i}"}}"#).into_bytes()
-        };
-        messages.push((partition, format!("key-{}", i % 37), payload));
-    }
-    (messages, unique, poison)
-}
 
 fn spec(cluster: &Cluster, handler: Arc<dyn Handler>, topic: &str, group: &str) -> ListenerSpec {
     let mut spec = ListenerSpec::new(handler, topic, group)
@@ -86,106 +42,6 @@ fn start(spec: ListenerSpec, db: &TestDb) -> (oneshot::Sender<()>, tokio::task::
             .expect("listener");
     });
     (stop, task)
-}
-
-async fn failures(db: &TestDb) -> i64 {
-    db.store
-        .count_failures(&Default::default())
-        .await
-        .expect("count failures")
-}
-
-async fn distinct_side_effects(db: &TestDb) -> i64 {
-    use diesel::prelude::*;
-    let mut pooled = db.store.conn().await.expect("conn");
-    let tokens: Vec<String> = pooled
-        .conn()
-        .load(side_effects::table.select(side_effects::token))
-        .await
-        .expect("tokens");
-    i64::try_from(tokens.into_iter().collect::<HashSet<_>>().len()).expect("small")
-}
-
-/// Every unique good message has exactly one side effect and one event, every poison message
-/// one failure, and the group's committed offsets reach the end of every partition.
-async fn assert_exactly_once(
-    db: &TestDb,
-    cluster: &Cluster,
-    topic: &str,
-    group: &str,
-    unique: usize,
-    poison: usize,
-    partitions: i32,
-) {
-    let unique = i64::try_from(unique).expect("small");
-    assert_eq!(
-        db.event_count().await,
-        unique,
-        "one event row per unique message"
-    );
-    assert_eq!(
-        db.total_side_effects().await,
-        unique,
-        "one side effect per unique message"
-    );
-    assert_eq!(
-        distinct_side_effects(db).await,
-        unique,
-        "no message applied twice"
-    );
-    assert_eq!(
-        failures(db).await,
-        i64::try_from(poison).expect("small"),
-        "one failure per poison message"
-    );
-    let ends: Vec<Option<i64>> = cluster
-        .high_watermarks(topic, partitions)
-        .into_iter()
-        .map(Some)
-        .collect();
-    let committed = committed_offsets(
-        &cluster.kafka(),
-        topic,
-        group,
-        partitions,
-        Duration::from_secs(10),
-    )
-    .expect("committed");
-    assert_eq!(committed, ends, "every offset committed");
-}
-
-/// Waits until the group's committed offsets reach the end of every partition (after an
-/// outage the group rejoins, gets redelivered what it had not committed, dedups it, commits).
-async fn wait_for_commits(cluster: &Cluster, topic: &str, group: &str, partitions: i32) {
-    let ends: Vec<Option<i64>> = cluster
-        .high_watermarks(topic, partitions)
-        .into_iter()
-        .map(Some)
-        .collect();
-    wait_until(TIMEOUT, "every offset to be committed", || async {
-        committed_offsets(
-            &cluster.kafka(),
-            topic,
-            group,
-            partitions,
-            Duration::from_secs(10),
-        )
-        .ok()
-        .as_ref()
-            == Some(&ends)
-    })
-    .await;
-}
-
-async fn wait_for_all(db: &TestDb, unique: usize, poison: usize) {
-    let (unique, poison) = (
-        i64::try_from(unique).expect("small"),
-        i64::try_from(poison).expect("small"),
-    );
-    wait_until(TIMEOUT, "every message to be settled", || async {
-        db.event_count().await == unique && failures(db).await == poison
-    })
-    .await;
 }
 
 async fn five_thousand_messages_with_duplicates_and_poison(db: TestDb) {
@@ -232,9 +88,12 @@ async fn consumers_dropped_mid_stream_apply_nothing_twice(db: TestDb) {
     let (messages, unique, poison) = workload(1_500, 3);
     cluster.produce(topic, &messages).await;
     for (round, threshold) in [200u64, 500, 900].into_iter().enumerate() {
+        // The crashing "process" has its own connection pool, which dies with it: a query
+        // interrupted mid-flight must not leave a half-read connection to anyone else.
+        let own_pool = checkpoint::Store::connect(&db.url).expect("store");
         let listener = Listener::new(
             spec(&cluster, Arc::new(Sink), topic, group),
-            Engine::new(db.store.clone()),
+            Engine::new(own_pool),
         );
         let stats = listener.stats();
         let task = tokio::spawn(listener.run(std::future::pending::<()>()));
@@ -303,9 +162,19 @@ async fn a_broker_outage_is_waited_out(db: TestDb) {
         db.event_count().await >= 300
     })
     .await;
-    cluster.mock.broker_down(1).expect("broker down");
+    cluster
+        .mock
+        .as_ref()
+        .expect("in-process broker")
+        .broker_down(1)
+        .expect("broker down");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.mock.broker_up(1).expect("broker up");
+    cluster
+        .mock
+        .as_ref()
+        .expect("in-process broker")
+        .broker_up(1)
+        .expect("broker up");
     wait_for_all(&db, unique.len(), poison).await;
     wait_for_commits(&cluster, topic, group, 3).await;
     stop.send(()).expect("stop");

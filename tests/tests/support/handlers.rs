@@ -9,12 +9,7 @@ use checkpoint::handler::BoxFuture;
 use checkpoint::prelude::*;
 use chrono::TimeZone;
 
-diesel::table! {
-    /// One row per side effect a test handler applied (no key in SQL: duplicates would show).
-    side_effects (token) {
-        token -> Text,
-    }
-}
+pub use checkpoint_tests::side_effects;
 
 /// What one call of [`Scripted::consume`] does after its side effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

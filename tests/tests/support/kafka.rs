@@ -12,7 +12,8 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 pub type Produced = (i32, String, Vec<u8>);
 
 pub struct Cluster {
-    pub mock: MockCluster<'static, DefaultProducerContext>,
+    /// The in-process broker; `None` for a broker in another process.
+    pub mock: Option<MockCluster<'static, DefaultProducerContext>>,
     pub servers: String,
 }
 
@@ -24,7 +25,19 @@ impl Cluster {
         mock.create_topic(topic, partitions, 1)
             .expect("create topic");
         let servers = mock.bootstrap_servers();
-        Self { mock, servers }
+        Self {
+            mock: Some(mock),
+            servers,
+        }
+    }
+
+    /// A broker that runs elsewhere (another process).
+    pub fn external(servers: String) -> Self {
+        init_tracing();
+        Self {
+            mock: None,
+            servers,
+        }
     }
 
     /// librdkafka properties for a test consumer: fast group joins and failure detection.
@@ -110,4 +123,136 @@ pub fn init_tracing() {
             .with_test_writer()
             .try_init();
     }
+}
+
+// Shared by the listener suites: the workload and the exactly-once checks.
+
+use super::TestDb;
+use super::handlers::side_effects;
+use checkpoint::listener::committed_offsets;
+use std::collections::HashSet;
+
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `count` messages over `partitions`: every 20th repeats an earlier payload (a duplicate),
+/// every 100th is not JSON (poison). Returns the messages, the unique good ids and the poison
+/// count.
+pub fn workload(count: usize, partitions: i32) -> (Vec<Produced>, HashSet<String>, usize) {
+    let mut messages = Vec::with_capacity(count);
+    let mut unique = HashSet::new();
+    let mut poison = 0;
+    for i in 0..count {
+        let partition = i32::try_from(i).expect("small") % partitions;
+        let payload = if i % 100 == 99 {
+            poison += 1;
+            format!("poison #{i}: not json").into_bytes()
+        } else if i % 20 == 19 {
+            format!(r#"{{"id":"order-{}"}}"#, i - 10).into_bytes()
+        } else {
+            unique.insert(format!("order-{i}"));
+            format!(r#"{{"id":"order-{i}"}}"#).into_bytes()
+        };
+        messages.push((partition, format!("key-{}", i % 37), payload));
+    }
+    (messages, unique, poison)
+}
+
+pub async fn failures(db: &TestDb) -> i64 {
+    db.store
+        .count_failures(&Default::default())
+        .await
+        .expect("count failures")
+}
+
+pub async fn distinct_side_effects(db: &TestDb) -> i64 {
+    use diesel::prelude::*;
+    let mut pooled = db.store.conn().await.expect("conn");
+    let tokens: Vec<String> = pooled
+        .conn()
+        .load(side_effects::table.select(side_effects::token))
+        .await
+        .expect("tokens");
+    i64::try_from(tokens.into_iter().collect::<HashSet<_>>().len()).expect("small")
+}
+
+/// Every unique good message has exactly one side effect and one event, every poison message
+/// one failure, and the group's committed offsets reach the end of every partition.
+pub async fn assert_exactly_once(
+    db: &TestDb,
+    cluster: &Cluster,
+    topic: &str,
+    group: &str,
+    unique: usize,
+    poison: usize,
+    partitions: i32,
+) {
+    let unique = i64::try_from(unique).expect("small");
+    assert_eq!(
+        db.event_count().await,
+        unique,
+        "one event row per unique message"
+    );
+    assert_eq!(
+        db.total_side_effects().await,
+        unique,
+        "one side effect per unique message"
+    );
+    assert_eq!(
+        distinct_side_effects(db).await,
+        unique,
+        "no message applied twice"
+    );
+    assert_eq!(
+        failures(db).await,
+        i64::try_from(poison).expect("small"),
+        "one failure per poison message"
+    );
+    let ends: Vec<Option<i64>> = cluster
+        .high_watermarks(topic, partitions)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let committed = committed_offsets(
+        &cluster.kafka(),
+        topic,
+        group,
+        partitions,
+        Duration::from_secs(10),
+    )
+    .expect("committed");
+    assert_eq!(committed, ends, "every offset committed");
+}
+
+/// Waits until the group's committed offsets reach the end of every partition (after an
+/// outage the group rejoins, gets redelivered what it had not committed, dedups it, commits).
+pub async fn wait_for_commits(cluster: &Cluster, topic: &str, group: &str, partitions: i32) {
+    let ends: Vec<Option<i64>> = cluster
+        .high_watermarks(topic, partitions)
+        .into_iter()
+        .map(Some)
+        .collect();
+    wait_until(TIMEOUT, "every offset to be committed", || async {
+        committed_offsets(
+            &cluster.kafka(),
+            topic,
+            group,
+            partitions,
+            Duration::from_secs(10),
+        )
+        .ok()
+        .as_ref()
+            == Some(&ends)
+    })
+    .await;
+}
+
+pub async fn wait_for_all(db: &TestDb, unique: usize, poison: usize) {
+    let (unique, poison) = (
+        i64::try_from(unique).expect("small"),
+        i64::try_from(poison).expect("small"),
+    );
+    wait_until(TIMEOUT, "every message to be settled", || async {
+        db.event_count().await == unique && failures(db).await == poison
+    })
+    .await;
 }
