@@ -251,3 +251,66 @@ on_every_backend!(
     a_broker_outage_is_waited_out,
     a_failing_message_backs_off_then_the_partition_moves_on,
 );
+
+async fn an_app_runs_its_configured_listeners(db: TestDb) {
+    use checkpoint::App;
+    use checkpoint::config::Config;
+    db.create_side_effects_table().await;
+    let (topic, group) = ("orders", "app");
+    let cluster = Cluster::new(topic, 3);
+    let (messages, unique, poison) = workload(600, 3);
+    cluster.produce(topic, &messages).await;
+    let text = format!(
+        r#"
+[kafka]
+"bootstrap.servers" = "{}"
+"session.timeout.ms" = 3000
+"heartbeat.interval.ms" = 500
+"auto.commit.interval.ms" = 200
+
+[database]
+url = "{}"
+
+[[listeners]]
+handler = "sink"
+topic = "{topic}"
+group_id = "{group}"
+max_concurrency = 3
+backoff = {{ min_ms = 10, max_ms = 100 }}
+"#,
+        cluster.servers, db.url
+    );
+    let config = Config::parse(&text, "app.toml").expect("config");
+    let unregistered = App::builder()
+        .config(config.clone())
+        .build()
+        .await
+        .expect_err("no sink handler");
+    assert_eq!(
+        unregistered.to_string(),
+        "app.toml: listeners[0].handler: no handler named `sink` is registered (no handlers are registered)"
+    );
+    let app = App::builder()
+        .handler(Sink)
+        .config(config)
+        .build()
+        .await
+        .expect("app");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_for_all(&db, unique.len(), poison).await;
+    wait_for_commits(&cluster, topic, group, 3).await;
+    stop.send(()).expect("stop");
+    running.await.expect("join").expect("app ran");
+    assert_exactly_once(&db, &cluster, topic, group, unique.len(), poison, 3).await;
+    db.cleanup().await;
+}
+
+mod app {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_app_runs_its_configured_listeners() {
+        super::an_app_runs_its_configured_listeners(crate::support::TestDb::sqlite().await).await;
+    }
+}
