@@ -52,16 +52,6 @@ pub enum AppError {
     /// Two handlers were registered under one name.
     #[error("two handlers are registered as `{0}`")]
     DuplicateHandler(String),
-    /// A listener asks for something this version does not do.
-    #[error(
-        "{source_file}: listeners[{index}].batch_size: batch mode (batch_size > 1) is not available in this version; use 1"
-    )]
-    BatchUnsupported {
-        /// Configuration file.
-        source_file: String,
-        /// Listener index.
-        index: usize,
-    },
 }
 
 /// Builds an [`App`].
@@ -110,12 +100,6 @@ impl AppBuilder {
         }
         let config = self.config.ok_or(AppError::NoConfig)?;
         config.check_handlers(self.handlers.keys().map(String::as_str))?;
-        if let Some(index) = config.listeners.iter().position(|l| l.batch_size > 1) {
-            return Err(AppError::BatchUnsupported {
-                source_file: config.source.clone(),
-                index,
-            });
-        }
         let store = Store::connect_with(
             &config.database.url,
             &StoreOptions {
@@ -180,7 +164,8 @@ impl App {
                 };
                 let mut spec = ListenerSpec::new(handler, l.topic.clone(), l.group_id.clone())
                     .max_concurrency(l.max_concurrency)
-                    .backoff(l.backoff);
+                    .backoff(l.backoff)
+                    .batch_size(l.batch_size);
                 spec.start_from_beginning = l.start_from_beginning;
                 spec.kafka = self.config.kafka.clone();
                 Some(Listener::new(spec, self.engine.clone()))

@@ -58,6 +58,9 @@ pub struct ListenerSpec {
     pub start_from_beginning: bool,
     /// Backoff between retries of a failing message.
     pub backoff: Backoff,
+    /// Messages taken through the engine together (1 = per message); see
+    /// [`Engine::process_batch`].
+    pub batch_size: usize,
     /// librdkafka properties (`bootstrap.servers`, …), passed through verbatim.
     pub kafka: BTreeMap<String, String>,
 }
@@ -72,6 +75,7 @@ impl std::fmt::Debug for ListenerSpec {
             .field("max_concurrency", &self.max_concurrency)
             .field("start_from_beginning", &self.start_from_beginning)
             .field("backoff", &self.backoff)
+            .field("batch_size", &self.batch_size)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +98,7 @@ impl ListenerSpec {
             max_concurrency: 1,
             start_from_beginning: true,
             backoff: Backoff::default(),
+            batch_size: 1,
             kafka: BTreeMap::new(),
         }
     }
@@ -107,6 +112,12 @@ impl ListenerSpec {
     /// Sets the backoff.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Sets how many messages of a partition are processed as one batch (at least 1).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
         self
     }
 
@@ -517,7 +528,15 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
                     },
                     _ = stopping.wait_for(|stop| *stop) => break,
                 };
-                let left = depth.fetch_sub(1, Ordering::SeqCst) - 1;
+                // Batch mode: take what is already queued, up to batch_size.
+                let mut batch = vec![message];
+                while batch.len() < shared.spec.batch_size {
+                    match inbox.try_recv() {
+                        Ok(message) => batch.push(message),
+                        Err(_) => break,
+                    }
+                }
+                let left = depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
                 if left <= RESUME_AT && paused.swap(false, Ordering::SeqCst) {
                     set_paused(&shared.consumer, &shared.spec.topic, partition, false);
                 }
@@ -525,7 +544,12 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
                     // Not ours any more, or shutting down: leave it to the next owner.
                     break;
                 }
-                if !settle(&shared, &message, &revoked).await {
+                let done = if batch.len() == 1 {
+                    settle(&shared, &batch[0], &revoked).await
+                } else {
+                    settle_batch(&shared, batch, &revoked).await
+                };
+                if !done {
                     break;
                 }
             }
@@ -604,6 +628,72 @@ async fn settle(shared: &Shared, message: &Message, revoked: &AtomicBool) -> boo
             return false;
         }
     }
+}
+
+/// Takes a batch until every message in it is settled, storing offsets as prefixes settle.
+/// False when abandoned (shutdown or revoke during a backoff).
+async fn settle_batch(shared: &Shared, mut batch: Vec<Message>, revoked: &AtomicBool) -> bool {
+    let Ok(_permit) = shared.permits.acquire().await else {
+        return false;
+    };
+    let mut retry_count = 0;
+    let mut outages = 0;
+    let mut stopping = shared.stopping.clone();
+    while !batch.is_empty() {
+        let delay = match shared
+            .engine
+            .process_batch(
+                shared.spec.handler.as_ref(),
+                &batch,
+                &shared.origin,
+                retry_count,
+            )
+            .await
+        {
+            Ok(outcome) => {
+                let done = outcome.settled.len();
+                for disposition in &outcome.settled {
+                    shared.stats.count(disposition);
+                }
+                if let Some(last) = done.checked_sub(1).and_then(|i| batch.get(i)) {
+                    if let Err(error) =
+                        shared
+                            .consumer
+                            .store_offset(&last.topic, last.partition, last.offset)
+                    {
+                        tracing::debug!(target: "checkpoint", partition = last.partition, %error, "offset not stored");
+                    }
+                }
+                batch.drain(..done);
+                let Some(error) = outcome.retry else {
+                    return true;
+                };
+                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                // The failing message is now first; it has failed once more.
+                retry_count = if done > 0 { 1 } else { retry_count + 1 };
+                let delay = shared.spec.backoff.delay(retry_count - 1);
+                tracing::warn!(
+                    target: "checkpoint", listener_id = %shared.origin.listener_id,
+                    partition = batch.first().map(|m| m.partition), offset = batch.first().map(|m| m.offset),
+                    retry_count, %error, "consume failed in a batch; backing off"
+                );
+                delay
+            }
+            Err(error) => {
+                tracing::warn!(target: "checkpoint", listener_id = %shared.origin.listener_id, %error, "checkpoint store failed; retrying the batch");
+                outages += 1;
+                Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).delay(outages - 1)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stopping.wait_for(|stop| *stop) => return false,
+        }
+        if revoked.load(Ordering::SeqCst) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Seeks nothing, commits nothing: reads the committed offset of every partition of `topic`

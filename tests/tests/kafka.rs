@@ -244,7 +244,26 @@ async fn a_failing_message_backs_off_then_the_partition_moves_on(db: TestDb) {
     db.cleanup().await;
 }
 
+async fn batches_are_exactly_once_too(db: TestDb) {
+    db.create_side_effects_table().await;
+    let (topic, group) = ("orders", "batches");
+    let cluster = Cluster::new(topic, 3);
+    let (messages, unique, poison) = workload(3_000, 3);
+    cluster.produce(topic, &messages).await;
+    let (stop, task) = start(
+        spec(&cluster, Arc::new(Sink), topic, group).batch_size(100),
+        &db,
+    );
+    wait_for_all(&db, unique.len(), poison).await;
+    wait_for_commits(&cluster, topic, group, 3).await;
+    stop.send(()).expect("stop");
+    task.await.expect("join");
+    assert_exactly_once(&db, &cluster, topic, group, unique.len(), poison, 3).await;
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    batches_are_exactly_once_too,
     five_thousand_messages_with_duplicates_and_poison,
     consumers_dropped_mid_stream_apply_nothing_twice,
     a_second_consumer_joins_then_leaves,

@@ -258,6 +258,18 @@ impl Conn<'_> {
         result.map(drop).map_err(|e| self.query_error(e))
     }
 
+    /// Deletes the event with this dedup key (an abandoned claim in a transactional batch).
+    pub(crate) async fn delete_event(&mut self, key: DedupKey<'_>) -> StoreResult<()> {
+        let query = diesel::delete(
+            ev::table
+                .filter(ev::topic.eq(key.topic))
+                .filter(ev::group_id.eq(key.group_id))
+                .filter(ev::checksum.eq(key.checksum)),
+        );
+        let result = dispatch!(self, c => query.execute(&mut **c).await);
+        result.map(drop).map_err(|e| self.query_error(e))
+    }
+
     /// The event with this id.
     pub async fn get_event(&mut self, id: i64) -> StoreResult<Option<Event>> {
         let row = dispatch!(self, c => ev::table

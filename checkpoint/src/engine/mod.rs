@@ -478,7 +478,7 @@ impl Engine {
                     Ok(inserted) => inserted,
                     Err(EngineError::Store(error @ StoreError::FieldTooLong { .. })) => {
                         let error = HandlerError::permanent(error);
-                        return self.settle_error(attempt, error, mode).await;
+                        return self.settle_error(attempt, error, mode, None).await;
                     }
                     Err(error) => return Err(error),
                 };
@@ -501,7 +501,7 @@ impl Engine {
                 self.fire(Notification::EventSkipped, attempt, None);
                 Ok(Disposition::Skipped)
             }
-            Err(error) => self.settle_error(attempt, error, mode).await,
+            Err(error) => self.settle_error(attempt, error, mode, None).await,
         }
     }
 
@@ -552,7 +552,7 @@ impl Engine {
                     Err(error @ StoreError::FieldTooLong { .. }) => {
                         conn.rollback().await?;
                         drop(pooled);
-                        self.settle_error(attempt, HandlerError::permanent(error), mode)
+                        self.settle_error(attempt, HandlerError::permanent(error), mode, None)
                             .await
                     }
                     Err(error) => Err(abandon(&mut conn, error).await),
@@ -566,7 +566,7 @@ impl Engine {
             Err(error) => {
                 conn.rollback().await?;
                 drop(pooled);
-                self.settle_error(attempt, error, mode).await
+                self.settle_error(attempt, error, mode, None).await
             }
         }
     }
@@ -577,6 +577,7 @@ impl Engine {
         attempt: &Attempt<'_>,
         error: HandlerError,
         mode: RetryMode,
+        conn: Option<&mut Conn<'_>>,
     ) -> Result<Disposition, EngineError> {
         let retry = match mode {
             // The caller owns the failure row already; it only needs the error.
@@ -591,7 +592,7 @@ impl Engine {
         if retry {
             return Ok(Disposition::Retry(error));
         }
-        let failure_id = self.record_failure(attempt, &error).await?;
+        let failure_id = self.record_failure(attempt, &error, conn).await?;
         tracing::error!(
             target: "checkpoint",
             topic = %attempt.message.topic, partition = attempt.message.partition,
@@ -606,6 +607,7 @@ impl Engine {
         &self,
         attempt: &Attempt<'_>,
         error: &HandlerError,
+        conn: Option<&mut Conn<'_>>,
     ) -> Result<i64, EngineError> {
         let handler = attempt.handler;
         let message = attempt.message;
@@ -634,8 +636,14 @@ impl Engine {
             attempts: i32::try_from(attempt.metadata.retry_count.saturating_add(1))
                 .unwrap_or(i32::MAX),
         };
-        self.wait_out_outage(|| self.store.record_failure(&row))
-            .await
+        match conn {
+            // Inside the caller's transaction: an outage aborts it, and the caller retries.
+            Some(conn) => Ok(conn.record_failure(&row).await?),
+            None => {
+                self.wait_out_outage(|| self.store.record_failure(&row))
+                    .await
+            }
+        }
     }
 
     /// Runs `op` until it succeeds or fails for a reason other than an unreachable database.
@@ -736,6 +744,9 @@ fn headers_from_json(metadata: &serde_json::Value) -> Vec<crate::message::Header
 fn backtrace_json(error: &HandlerError) -> String {
     serde_json::Value::from(error.backtrace_lines()).to_string()
 }
+
+mod batch;
+pub use self::batch::BatchOutcome;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,252 @@
+//! Batch mode: many messages of one partition with one duplicate check and one multi-row
+//! insert (per-message handlers), or one transaction with one multi-row claim and a savepoint
+//! per message (transactional handlers). Outcomes stay per message: a poison message becomes a
+//! failure without touching its neighbours; a message that must be retried ends the batch
+//! there, after everything before it is settled.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::{AckFields, Attempt, Disposition, Engine, EngineError, RetryMode, abandon};
+use crate::handler::{Context, Handler, HandlerError, Outcome};
+use crate::instrument::Notification;
+use crate::message::{Message, Origin};
+use crate::store::{Conn, NewEvent};
+
+/// What a batch did.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// One disposition per settled message, in order: messages `0..settled.len()` may have
+    /// their offsets committed.
+    pub settled: Vec<Disposition>,
+    /// Set when message `settled.len()` failed and may be retried (with `retry_count + 1`);
+    /// the messages after it were not processed.
+    pub retry: Option<HandlerError>,
+}
+
+impl Engine {
+    /// Processes `messages` (one topic and partition, in order) as one batch; the first
+    /// message has had `retry_count` failed attempts, the others none.
+    pub async fn process_batch(
+        &self,
+        handler: &dyn Handler,
+        messages: &[Message],
+        origin: &Origin,
+        retry_count: u32,
+    ) -> Result<BatchOutcome, EngineError> {
+        let attempts: Vec<Attempt<'_>> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| self.attempt(handler, m, origin, if i == 0 { retry_count } else { 0 }))
+            .collect();
+        let started = Instant::now();
+        let result = if handler.transactional() {
+            self.transactional_batch(&attempts).await
+        } else {
+            self.per_message_batch(&attempts).await
+        };
+        if let Ok(outcome) = &result {
+            // around_consume of every message the batch took through the algorithm.
+            let processed = outcome.settled.len() + usize::from(outcome.retry.is_some());
+            let share = started.elapsed() / u32::try_from(processed.max(1)).unwrap_or(u32::MAX);
+            for attempt in &attempts[..processed] {
+                self.fire(Notification::AroundConsume, attempt, Some(share));
+            }
+        }
+        result
+    }
+
+    /// The batch's duplicate check: one query for every key.
+    async fn batch_existing(
+        &self,
+        attempts: &[Attempt<'_>],
+    ) -> Result<HashSet<String>, EngineError> {
+        let Some(first) = attempts.first() else {
+            return Ok(HashSet::new());
+        };
+        let started = Instant::now();
+        let keys: Vec<&str> = attempts
+            .iter()
+            .map(|a| a.metadata.checksum.as_str())
+            .collect();
+        let existing = self
+            .store
+            .existing_checksums(&first.message.topic, &first.origin.group_id, &keys)
+            .await?;
+        let share = per_message(started.elapsed(), attempts.len());
+        for attempt in attempts {
+            self.fire(Notification::EventAlreadyExistsCheck, attempt, Some(share));
+        }
+        Ok(existing)
+    }
+
+    async fn per_message_batch(
+        &self,
+        attempts: &[Attempt<'_>],
+    ) -> Result<BatchOutcome, EngineError> {
+        let mut seen = self.batch_existing(attempts).await?;
+        let mut settled: Vec<Option<Disposition>> = Vec::with_capacity(attempts.len());
+        let mut acked: Vec<(usize, AckFields)> = Vec::new();
+        let mut retry = None;
+        for (i, attempt) in attempts.iter().enumerate() {
+            if seen.contains(&attempt.metadata.checksum) {
+                self.fire(Notification::EventAlreadyConsumed, attempt, None);
+                settled.push(Some(Disposition::AlreadyConsumed));
+                continue;
+            }
+            let started = Instant::now();
+            let result = {
+                let mut ctx = Context::new(&attempt.metadata, None);
+                attempt.handler.consume(attempt.message, &mut ctx).await
+            };
+            self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+            match result {
+                Ok(Outcome::Ack(ack)) => {
+                    seen.insert(attempt.metadata.checksum.clone());
+                    acked.push((i, attempt.ack_fields(ack)));
+                    settled.push(None);
+                }
+                Ok(_) => {
+                    self.fire(Notification::EventSkipped, attempt, None);
+                    settled.push(Some(Disposition::Skipped));
+                }
+                Err(error) => match self
+                    .settle_error(attempt, error, RetryMode::Decide, None)
+                    .await?
+                {
+                    Disposition::Retry(error) => {
+                        retry = Some(error);
+                        break;
+                    }
+                    other => settled.push(Some(other)),
+                },
+            }
+        }
+        // consume has run for these: store them even if the database blinks meanwhile.
+        let started = Instant::now();
+        let rows: Vec<NewEvent<'_>> = acked
+            .iter()
+            .map(|(i, f)| attempts[*i].event_row(f))
+            .collect();
+        let inserted = self
+            .wait_out_outage(|| self.store.insert_events(&rows))
+            .await?;
+        let share = per_message(started.elapsed(), rows.len());
+        for ((i, _), inserted) in acked.iter().zip(inserted) {
+            self.fire(Notification::EventAcknowledged, &attempts[*i], Some(share));
+            settled[*i] = Some(Disposition::Acknowledged { inserted });
+        }
+        Ok(BatchOutcome {
+            settled: settled.into_iter().flatten().collect(),
+            retry,
+        })
+    }
+
+    async fn transactional_batch(
+        &self,
+        attempts: &[Attempt<'_>],
+    ) -> Result<BatchOutcome, EngineError> {
+        let existing = self.batch_existing(attempts).await?;
+        let mut pooled = self.store.conn().await?;
+        let mut conn = pooled.conn();
+        conn.begin().await?;
+        match self.claim_and_consume(&mut conn, attempts, &existing).await {
+            Ok(outcome) => {
+                if let Err(error) = conn.commit().await {
+                    return Err(abandon(&mut conn, error).await);
+                }
+                for (attempt, disposition) in attempts.iter().zip(&outcome.settled) {
+                    if matches!(disposition, Disposition::Acknowledged { .. }) {
+                        self.fire(Notification::EventAcknowledged, attempt, None);
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(EngineError::Store(error)) => Err(abandon(&mut conn, error).await),
+            Err(other) => {
+                let _ = conn.rollback().await;
+                Err(other)
+            }
+        }
+    }
+
+    /// Inside the batch transaction: claim every new key in one statement, then consume each
+    /// claimed message in a savepoint.
+    async fn claim_and_consume(
+        &self,
+        conn: &mut Conn<'_>,
+        attempts: &[Attempt<'_>],
+        existing: &HashSet<String>,
+    ) -> Result<BatchOutcome, EngineError> {
+        let empty = AckFields::default();
+        let claims: Vec<NewEvent<'_>> = attempts
+            .iter()
+            .filter(|a| !existing.contains(&a.metadata.checksum))
+            .map(|a| a.event_row(&empty))
+            .collect();
+        let flags = conn.insert_events(&claims).await?;
+        let mut claimed: HashSet<&str> = claims
+            .iter()
+            .zip(flags)
+            .filter(|(_, inserted)| *inserted)
+            .map(|(row, _)| row.checksum)
+            .collect();
+        let mut settled = Vec::with_capacity(attempts.len());
+        let mut retry = None;
+        for (i, attempt) in attempts.iter().enumerate() {
+            // A key is claimed once per batch: a repeat inside the batch is a duplicate.
+            if !claimed.remove(attempt.metadata.checksum.as_str()) {
+                self.fire(Notification::EventAlreadyConsumed, attempt, None);
+                settled.push(Disposition::AlreadyConsumed);
+                continue;
+            }
+            conn.begin().await?;
+            let started = Instant::now();
+            let result = {
+                let mut ctx = Context::new(&attempt.metadata, Some(conn.reborrow()));
+                attempt.handler.consume(attempt.message, &mut ctx).await
+            };
+            self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+            match result {
+                Ok(Outcome::Ack(ack)) => {
+                    let fields = attempt.ack_fields(ack);
+                    conn.complete_event(attempt.key(), &attempt.event_row(&fields))
+                        .await?;
+                    conn.commit().await?;
+                    settled.push(Disposition::Acknowledged { inserted: true });
+                }
+                Ok(_) => {
+                    conn.rollback().await?;
+                    conn.delete_event(attempt.key()).await?;
+                    self.fire(Notification::EventSkipped, attempt, None);
+                    settled.push(Disposition::Skipped);
+                }
+                Err(error) => {
+                    conn.rollback().await?;
+                    conn.delete_event(attempt.key()).await?;
+                    match self
+                        .settle_error(attempt, error, RetryMode::Decide, Some(&mut *conn))
+                        .await?
+                    {
+                        Disposition::Retry(error) => {
+                            // Release the claims of the messages this batch will not reach.
+                            for later in &attempts[i + 1..] {
+                                if claimed.remove(later.metadata.checksum.as_str()) {
+                                    conn.delete_event(later.key()).await?;
+                                }
+                            }
+                            retry = Some(error);
+                            break;
+                        }
+                        other => settled.push(other),
+                    }
+                }
+            }
+        }
+        Ok(BatchOutcome { settled, retry })
+    }
+}
+
+fn per_message(total: Duration, count: usize) -> Duration {
+    total / u32::try_from(count.max(1)).unwrap_or(u32::MAX)
+}

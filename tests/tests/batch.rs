@@ -1,0 +1,155 @@
+//! Batch mode through the engine on every backend: one duplicate check and one insert (or one
+//! claim) for many messages, outcomes per message.
+
+mod support;
+
+use checkpoint::prelude::*;
+use checkpoint::{Disposition, Engine, Origin};
+use support::TestDb;
+use support::handlers::{Scripted, Step};
+
+fn kinds(settled: &[Disposition]) -> Vec<&'static str> {
+    settled
+        .iter()
+        .map(|d| match d {
+            Disposition::Acknowledged { inserted: true } => "ack",
+            Disposition::Acknowledged { inserted: false } => "ack (already stored)",
+            Disposition::Skipped => "skip",
+            Disposition::AlreadyConsumed => "duplicate",
+            Disposition::Failed { .. } => "failed",
+            _ => "other",
+        })
+        .collect()
+}
+
+fn batch(payloads: &[&str]) -> Vec<Message> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Message::new("orders", 0, i64::try_from(i).expect("small") + 10, *p))
+        .collect()
+}
+
+async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    let origin = Origin::new("billing");
+    let mut handler = Scripted::new(Step::Ack)
+        .script(&[
+            Step::Ack,
+            Step::Skip,
+            Step::FailPermanent,
+            Step::Ack,
+            Step::Ack,
+        ])
+        .max_retries(Some(0));
+    if transactional {
+        handler = handler.transactional();
+    }
+    // Stored before the batch: "old".
+    engine
+        .process(
+            &Scripted::new(Step::Ack),
+            &Message::new("orders", 0, 1, "old"),
+            &origin,
+            0,
+        )
+        .await
+        .expect("old");
+    let messages = batch(&["a", "b", "old", "c", "a", "d", "e"]);
+    let outcome = engine
+        .process_batch(&handler, &messages, &origin, 0)
+        .await
+        .expect("batch");
+    assert!(outcome.retry.is_none());
+    assert_eq!(
+        kinds(&outcome.settled),
+        [
+            "ack",
+            "skip",
+            "duplicate",
+            "failed",
+            "duplicate",
+            "ack",
+            "ack"
+        ]
+    );
+    assert_eq!(
+        handler.calls(),
+        5,
+        "duplicates, stored or within the batch, are not consumed"
+    );
+    assert_eq!(db.event_count().await, 4, "old, a, d, e");
+    assert_eq!(
+        db.store
+            .count_failures(&Default::default())
+            .await
+            .expect("count"),
+        1
+    );
+    if transactional {
+        assert_eq!(
+            db.total_side_effects().await,
+            3,
+            "the skipped and failed messages' writes are rolled back"
+        );
+        for token in ["a", "d", "e"] {
+            assert_eq!(db.side_effects(token).await, 1, "{token}");
+        }
+    }
+    db.cleanup().await;
+}
+
+async fn per_message_batches(db: TestDb) {
+    outcomes_are_per_message(db, false).await;
+}
+
+async fn transactional_batches(db: TestDb) {
+    outcomes_are_per_message(db, true).await;
+}
+
+async fn a_retryable_failure_ends_the_batch_after_what_came_before(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    for transactional in [false, true] {
+        let group = if transactional { "tx" } else { "plain" };
+        let origin = Origin::new(group);
+        let mut handler = Scripted::new(Step::Ack)
+            .script(&[Step::Ack, Step::Fail])
+            .max_retries(Some(3));
+        if transactional {
+            handler = handler.transactional();
+        }
+        let messages = batch(&[
+            &format!("{group}-1"),
+            &format!("{group}-2"),
+            &format!("{group}-3"),
+        ]);
+        let outcome = engine
+            .process_batch(&handler, &messages, &origin, 0)
+            .await
+            .expect("batch");
+        assert_eq!(kinds(&outcome.settled), ["ack"], "{group}");
+        assert!(outcome.retry.is_some(), "{group}");
+        // The caller retries from the failing message: it now succeeds, and the rest follows.
+        let outcome = engine
+            .process_batch(&handler, &messages[1..], &origin, 1)
+            .await
+            .expect("retry");
+        assert_eq!(kinds(&outcome.settled), ["ack", "ack"], "{group}");
+        assert_eq!(handler.retry_counts(), [0, 0, 1, 0], "{group}");
+    }
+    assert_eq!(db.event_count().await, 6);
+    assert_eq!(
+        db.total_side_effects().await,
+        3,
+        "transactional: the failed attempt's write vanished"
+    );
+    db.cleanup().await;
+}
+
+on_every_backend!(
+    per_message_batches,
+    transactional_batches,
+    a_retryable_failure_ends_the_batch_after_what_came_before,
+);
