@@ -598,14 +598,7 @@ async fn settle(shared: &Shared, message: &Message, revoked: &AtomicBool) -> boo
             }
             Ok(settled) => {
                 shared.stats.count(&settled);
-                if let Err(error) =
-                    shared
-                        .consumer
-                        .store_offset(&message.topic, message.partition, message.offset)
-                {
-                    // Revoked meanwhile: the next owner redelivers, the checkpoint dedups.
-                    tracing::debug!(target: "checkpoint", partition = message.partition, %error, "offset not stored");
-                }
+                store_offset(shared, message);
                 return true;
             }
             Err(error) => {
@@ -627,6 +620,18 @@ async fn settle(shared: &Shared, message: &Message, revoked: &AtomicBool) -> boo
         if revoked.load(Ordering::SeqCst) {
             return false;
         }
+    }
+}
+
+/// Marks `message` settled: its offset may be committed. Fails only when the partition was
+/// revoked meanwhile; the next owner then redelivers it and the checkpoint dedups it.
+fn store_offset(shared: &Shared, message: &Message) {
+    if let Err(error) =
+        shared
+            .consumer
+            .store_offset(&message.topic, message.partition, message.offset)
+    {
+        tracing::debug!(target: "checkpoint", partition = message.partition, %error, "offset not stored");
     }
 }
 
@@ -656,13 +661,7 @@ async fn settle_batch(shared: &Shared, mut batch: Vec<Message>, revoked: &Atomic
                     shared.stats.count(disposition);
                 }
                 if let Some(last) = done.checked_sub(1).and_then(|i| batch.get(i)) {
-                    if let Err(error) =
-                        shared
-                            .consumer
-                            .store_offset(&last.topic, last.partition, last.offset)
-                    {
-                        tracing::debug!(target: "checkpoint", partition = last.partition, %error, "offset not stored");
-                    }
+                    store_offset(shared, last);
                 }
                 batch.drain(..done);
                 let Some(error) = outcome.retry else {
