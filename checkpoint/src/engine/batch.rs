@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::{AckFields, Attempt, Disposition, Engine, EngineError, RetryMode, abandon};
-use crate::handler::{Context, Handler, HandlerError, Outcome};
+use crate::handler::{Handler, HandlerError, Outcome};
 use crate::instrument::Notification;
 use crate::message::{Message, Origin};
 use crate::store::{Conn, NewEvent};
@@ -94,12 +94,7 @@ impl Engine {
                 settled.push(Some(Disposition::AlreadyConsumed));
                 continue;
             }
-            let started = Instant::now();
-            let result = {
-                let mut ctx = Context::new(&attempt.metadata, None);
-                attempt.handler.consume(attempt.message, &mut ctx).await
-            };
-            self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+            let result = self.consume(attempt, None).await;
             match result {
                 Ok(Outcome::Ack(ack)) => {
                     seen.insert(attempt.metadata.checksum.clone());
@@ -201,12 +196,7 @@ impl Engine {
                 continue;
             }
             conn.begin().await?;
-            let started = Instant::now();
-            let result = {
-                let mut ctx = Context::new(&attempt.metadata, Some(conn.reborrow()));
-                attempt.handler.consume(attempt.message, &mut ctx).await
-            };
-            self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+            let result = self.consume(attempt, Some(conn.reborrow())).await;
             match result {
                 Ok(Outcome::Ack(ack)) => {
                     let fields = attempt.ack_fields(ack);

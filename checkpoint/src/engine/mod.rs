@@ -456,18 +456,28 @@ impl Engine {
         }
     }
 
+    /// `event_action`: calls `consume`, with the open transaction in transactional mode.
+    async fn consume(
+        &self,
+        attempt: &Attempt<'_>,
+        conn: Option<Conn<'_>>,
+    ) -> Result<Outcome, HandlerError> {
+        let started = Instant::now();
+        let result = {
+            let mut ctx = Context::new(&attempt.metadata, conn);
+            attempt.handler.consume(attempt.message, &mut ctx).await
+        };
+        self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+        result
+    }
+
     /// Per-message mode.
     async fn consume_then_insert(
         &self,
         attempt: &Attempt<'_>,
         mode: RetryMode,
     ) -> Result<Disposition, EngineError> {
-        let started = Instant::now();
-        let result = {
-            let mut ctx = Context::new(&attempt.metadata, None);
-            attempt.handler.consume(attempt.message, &mut ctx).await
-        };
-        self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+        let result = self.consume(attempt, None).await;
         match result {
             Ok(Outcome::Ack(ack)) => {
                 let started = Instant::now();
@@ -525,12 +535,7 @@ impl Engine {
             self.fire(Notification::EventAlreadyConsumed, attempt, None);
             return Ok(Disposition::AlreadyConsumed);
         }
-        let started = Instant::now();
-        let result = {
-            let mut ctx = Context::new(&attempt.metadata, Some(conn.reborrow()));
-            attempt.handler.consume(attempt.message, &mut ctx).await
-        };
-        self.fire(Notification::EventAction, attempt, Some(started.elapsed()));
+        let result = self.consume(attempt, Some(conn.reborrow())).await;
         match result {
             Ok(Outcome::Ack(ack)) => {
                 let started = Instant::now();
