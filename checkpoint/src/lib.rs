@@ -51,6 +51,7 @@
 extern crate self as checkpoint;
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use checkpoint::cli;
 use checkpoint::config::{Config, DEFAULT_PATH};
 use checkpoint::demo::{self, DemoOptions};
+use checkpoint::error::Backend;
 use checkpoint::store::Store;
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,39 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Write `checkpoint.toml`, `.env.example` and the migrations folder for the database's
+    /// backend; files that exist are reported and left alone.
+    Init {
+        /// Folder to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Database URL the files are written for (default `sqlite://checkpoint.db`).
+        #[arg(long)]
+        database: Option<String>,
+        /// Overwrite files that differ.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy the base migrations into your diesel migrations folder, skipping ones already there.
+    CopyMigrations {
+        /// Migrations folder.
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+        /// Backend to copy the migrations of.
+        #[arg(long, value_enum, default_value_t = BackendArg::Sqlite)]
+        backend: BackendArg,
+        /// Overwrite migrations that differ.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create an empty migration `<timestamp>_<name>` (name in snake_case).
+    Migration {
+        /// What the migration does, e.g. `add-new-column`.
+        name: String,
+        /// Migrations folder.
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+    },
     /// Apply pending migrations.
     Migrate(DatabaseArgs),
     /// Revert the most recent migration.
@@ -39,6 +74,23 @@ enum Command {
     Status(DatabaseArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Sqlite => Backend::Sqlite,
+            BackendArg::Postgres => Backend::Postgres,
+            BackendArg::Mysql => Backend::Mysql,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -103,6 +155,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| one_line(&e))
         }
+        Command::Init {
+            dir,
+            database,
+            force,
+        } => print_reports(cli::init(&dir, database.as_deref(), force)),
+        Command::CopyMigrations {
+            dir,
+            backend,
+            force,
+        } => print_reports(cli::copy_migrations(&dir, backend.into(), force)),
+        Command::Migration { name, dir } => {
+            print_reports(cli::new_migration(&dir, &name).map(|r| vec![r]))
+        }
         Command::Migrate(args) => {
             let store = Store::connect(&args.url()?).map_err(|e| one_line(&e))?;
             let applied = store.migrate().await.map_err(|e| one_line(&e))?;
@@ -134,6 +199,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn print_reports(reports: Result<Vec<cli::Report>, cli::CliError>) -> Result<(), String> {
+    for report in reports.map_err(|e| one_line(&e))? {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -25,7 +25,16 @@ fn version_and_help() {
         text(&out.stdout).trim(),
         format!("checkpoint {}", env!("CARGO_PKG_VERSION"))
     );
-    for command in ["demo", "migrate", "rollback", "status", "version"] {
+    for command in [
+        "init",
+        "copy-migrations",
+        "migration",
+        "demo",
+        "migrate",
+        "rollback",
+        "status",
+        "version",
+    ] {
         let out = checkpoint(&[command, "--help"], dir.path());
         assert!(out.status.success(), "{command} --help");
         assert!(
@@ -145,5 +154,205 @@ fn the_demo_runs_once_and_adds_fresh_events_on_every_run() {
     assert!(
         stdout.contains("database now holds  758 events and 6 failures"),
         "{stdout}"
+    );
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn init_twice_changes_nothing_the_second_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = ["init", "--database", "postgres://app@db:5432/orders"];
+    let first = checkpoint(&args, dir.path());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(
+        lines(&first),
+        [
+            "create ./checkpoint.toml",
+            "create ./.env.example",
+            "create ./migrations/2026-11-27-000001_create_checkpoint_tables"
+        ]
+    );
+    let config = std::fs::read_to_string(dir.path().join("checkpoint.toml")).expect("config");
+    assert!(
+        config.contains("${DATABASE_URL:-postgres://app@db:5432/orders}"),
+        "{config}"
+    );
+    let up = std::fs::read_to_string(
+        dir.path()
+            .join("migrations/2026-11-27-000001_create_checkpoint_tables/up.sql"),
+    )
+    .expect("up");
+    assert!(up.contains("BIGSERIAL"), "the PostgreSQL migration");
+    // A changed file is reported and kept.
+    std::fs::write(dir.path().join(".env.example"), "mine\n").expect("edit");
+    let second = checkpoint(&args, dir.path());
+    assert_eq!(
+        lines(&second),
+        [
+            "identical ./checkpoint.toml",
+            "exists ./.env.example",
+            "identical ./migrations/2026-11-27-000001_create_checkpoint_tables"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".env.example")).expect("env"),
+        "mine\n"
+    );
+    let forced = checkpoint(
+        &[
+            "init",
+            "--database",
+            "postgres://app@db:5432/orders",
+            "--force",
+        ],
+        dir.path(),
+    );
+    assert_eq!(lines(&forced)[1], "overwrite ./.env.example");
+}
+
+#[test]
+fn copy_migrations_skips_existing_and_migration_names_are_snake_case() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = checkpoint(&["copy-migrations", "--backend", "mysql"], dir.path());
+    assert_eq!(
+        lines(&first),
+        ["create migrations/2026-11-27-000001_create_checkpoint_tables"]
+    );
+    let again = checkpoint(&["copy-migrations", "--backend", "mysql"], dir.path());
+    assert_eq!(
+        lines(&again),
+        ["identical migrations/2026-11-27-000001_create_checkpoint_tables"]
+    );
+    let other = checkpoint(&["copy-migrations", "--backend", "sqlite"], dir.path());
+    assert_eq!(
+        lines(&other),
+        ["exists migrations/2026-11-27-000001_create_checkpoint_tables"],
+        "a different migration is left alone"
+    );
+    let created = checkpoint(&["migration", "add-new-column-"], dir.path());
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let line = lines(&created).remove(0);
+    assert!(
+        line.starts_with("create migrations/20") && line.ends_with("_add_new_column"),
+        "{line}"
+    );
+    let bad = checkpoint(&["copy-migrations", "--backend", "oracle"], dir.path());
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("invalid value 'oracle'"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+/// `migrate`, `status` and `rollback` through the binary on a server database. Under CI an
+/// unreachable server fails the test.
+fn migrate_on_server(
+    admin_var: &str,
+    default_admin: &str,
+    url_for: impl Fn(&str) -> (String, String, String),
+) {
+    let admin = std::env::var(admin_var).unwrap_or_else(|_| default_admin.to_owned());
+    let name = format!(
+        "cp_cli_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let (create, drop_sql, url) = url_for(&name);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ready = runtime.block_on(async {
+        use diesel_async::{
+            AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, SimpleAsyncConnection,
+        };
+        if admin.starts_with("postgres") {
+            let mut c = AsyncPgConnection::establish(&admin)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.batch_execute(&create).await.map_err(|e| e.to_string())
+        } else {
+            let mut c = AsyncMysqlConnection::establish(&admin)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.batch_execute(&create).await.map_err(|e| e.to_string())
+        }
+    });
+    if let Err(error) = ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{admin} unreachable under CI: {error}"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {admin} unreachable ({error})");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |cmd: &str| checkpoint(&[cmd, "--database", &url], dir.path());
+    let migrated = run("migrate");
+    assert_eq!(
+        lines(&migrated),
+        ["applied 20261127000001"],
+        "{}",
+        text(&migrated.stderr)
+    );
+    assert_eq!(lines(&run("migrate")), ["up to date"]);
+    assert!(lines(&run("status"))[0].starts_with("applied"));
+    assert!(lines(&run("rollback"))[0].starts_with("reverted"));
+    assert!(lines(&run("status"))[0].starts_with("pending"));
+    runtime.block_on(async {
+        use diesel_async::{
+            AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, SimpleAsyncConnection,
+        };
+        if admin.starts_with("postgres") {
+            if let Ok(mut c) = AsyncPgConnection::establish(&admin).await {
+                let _ = c.batch_execute(&drop_sql).await;
+            }
+        } else if let Ok(mut c) = AsyncMysqlConnection::establish(&admin).await {
+            let _ = c.batch_execute(&drop_sql).await;
+        }
+    });
+}
+
+#[test]
+fn migrate_status_rollback_on_postgres() {
+    let admin = std::env::var("CHECKPOINT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    migrate_on_server(
+        "CHECKPOINT_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        |schema| {
+            let separator = if admin.contains('?') { '&' } else { '?' };
+            (
+                format!("CREATE SCHEMA {schema}"),
+                format!("DROP SCHEMA {schema} CASCADE"),
+                format!("{admin}{separator}options=-c%20search_path%3D{schema}"),
+            )
+        },
+    );
+}
+
+#[test]
+fn migrate_status_rollback_on_mariadb() {
+    let admin = std::env::var("CHECKPOINT_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or_else(|| admin.clone());
+    migrate_on_server(
+        "CHECKPOINT_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+        |database| {
+            (
+                format!("CREATE DATABASE {database}"),
+                format!("DROP DATABASE {database}"),
+                format!("{base}/{database}"),
+            )
+        },
     );
 }
