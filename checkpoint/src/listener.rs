@@ -28,6 +28,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -267,12 +268,41 @@ impl Assignment {
 
 struct ListenerContext {
     listener_id: String,
+    /// `partition.assignment.strategy` is cooperative: (un)assign incrementally.
+    cooperative: bool,
     assignment: Arc<Assignment>,
 }
 
 impl ClientContext for ListenerContext {}
 
 impl ConsumerContext for ListenerContext {
+    /// rdkafka's default asks librdkafka for the rebalance protocol from inside the callback,
+    /// which deadlocks when the callback runs while a consumer is dropped with partitions still
+    /// assigned (a crash in-process). The protocol is known from the configuration instead.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &event);
+        let result = match (&event, self.cooperative) {
+            (Rebalance::Assign(list), true) => consumer.incremental_assign(list),
+            (Rebalance::Assign(list), false) => consumer.assign(list),
+            (_, true) => consumer.incremental_unassign(partitions),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(error) = result {
+            tracing::warn!(target: "checkpoint", listener_id = %self.listener_id, %error, "applying the rebalance failed");
+        }
+        self.post_rebalance(consumer, &event);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             // Workers stop before their next message; what they settled is committed now, so
@@ -387,6 +417,11 @@ impl Listener {
         let assignment = Arc::new(Assignment::default());
         let context = ListenerContext {
             listener_id: listener_id.clone(),
+            cooperative: self
+                .spec
+                .kafka
+                .get("partition.assignment.strategy")
+                .is_some_and(|s| s.contains("cooperative")),
             assignment: Arc::clone(&assignment),
         };
         let consumer: Consumer_ = self
