@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub once: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Serve the HTTP API here while the demo runs (`None`: no API).
+    pub bind: Option<std::net::SocketAddr>,
 }
 
 /// An error of the demo.
@@ -45,6 +47,15 @@ pub enum DemoError {
     /// Kafka (the embedded cluster, the producer or the listener) failed.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The API could not listen on its address.
+    #[error("cannot serve the API on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Not every message was settled in time.
     #[error("only {settled} of {expected} messages were settled after {waited:?}")]
     Incomplete {
@@ -177,16 +188,26 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
             .map_err(|(e, _)| kafka(e))?;
     }
 
-    let spec = ListenerSpec::new(Arc::new(DemoOrders), TOPIC, GROUP)
-        .max_concurrency(3)
-        .backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-        ))
-        .kafka("bootstrap.servers", servers)
-        .kafka("session.timeout.ms", "6000")
-        .kafka("heartbeat.interval.ms", "500");
-    let listener = Listener::new(spec, Engine::new(store.clone()));
+    let spec = ListenerSpec::new(
+        Arc::new(DemoOrders) as Arc<dyn crate::handler::Handler>,
+        TOPIC,
+        GROUP,
+    )
+    .max_concurrency(3)
+    .backoff(Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    ))
+    .kafka("bootstrap.servers", servers)
+    .kafka("session.timeout.ms", "6000")
+    .kafka("heartbeat.interval.ms", "500");
+    let handler: Arc<dyn crate::handler::Handler> = Arc::new(DemoOrders);
+    let engine = Engine::new(store.clone());
+    let api = match options.bind {
+        Some(addr) => Some(start_api(addr, &engine, &handler).await?),
+        None => None,
+    };
+    let listener = Listener::new(spec, engine);
     let stats = listener.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(listener.run(async {
@@ -240,11 +261,46 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         crate::app::shutdown_signal().await;
     }
     let _ = stop.send(());
+    if let Some((stop_api, served)) = api {
+        let _ = stop_api.send(());
+        let _ = served.await;
+    }
     match task.await {
         Ok(result) => result.map_err(|e| DemoError::Kafka(e.to_string()))?,
         Err(join) => return Err(DemoError::Kafka(join.to_string())),
     }
     Ok(summary)
+}
+
+type RunningApi = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// Serves the API (with the demo's handler for retries) until the returned sender fires.
+async fn start_api(
+    addr: std::net::SocketAddr,
+    engine: &Engine,
+    handler: &Arc<dyn crate::handler::Handler>,
+) -> Result<RunningApi, DemoError> {
+    use crate::api::{ApiState, Handlers, prometheus, router, serve};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Api { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| DemoError::Api { addr, source })?;
+    let state = ApiState::new(engine.clone())
+        .handlers(Handlers::new().register(TOPIC, GROUP, Arc::clone(handler)))
+        .metrics(prometheus());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(listener, router(state), async {
+        let _ = stopped.await;
+    }));
+    println!(
+        "API on http://{local}  (try /v1/events?limit=5, /v1/failures, /metrics, /openapi.json)"
+    );
+    Ok((stop, served))
 }
 
 async fn count_events(store: &Store) -> Result<usize, DemoError> {

@@ -50,6 +50,7 @@
 // crate's own tests.
 extern crate self as checkpoint;
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

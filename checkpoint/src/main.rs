@@ -32,6 +32,18 @@ enum Command {
         /// Exit after the summary instead of consuming until Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// Where the HTTP API listens while the demo runs.
+        #[arg(long, default_value = "127.0.0.1:9292")]
+        bind: std::net::SocketAddr,
+    },
+    /// Serve the HTTP API over a checkpoint database. Retries answer 409 here: no handler runs
+    /// in this process (run the API inside your application for that).
+    Api {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Address to listen on (default: `[api] bind` of the config file, else 127.0.0.1:9292).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
     },
     /// Write `checkpoint.toml`, `.env.example` and the migrations folder for the database's
     /// backend; files that exist are reported and left alone.
@@ -143,12 +155,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             messages,
             database,
             once,
+            bind,
         } => {
             let options = DemoOptions {
                 messages,
                 database,
                 once,
                 progress: true,
+                bind: Some(bind),
             };
             demo::run(&options)
                 .await
@@ -168,6 +182,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Migration { name, dir } => {
             print_reports(cli::new_migration(&dir, &name).map(|r| vec![r]))
         }
+        Command::Api { database, bind } => api(&database, bind).await,
         Command::Migrate(args) => {
             let store = Store::connect(&args.url()?).map_err(|e| one_line(&e))?;
             let applied = store.migrate().await.map_err(|e| one_line(&e))?;
@@ -199,6 +214,42 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn api(args: &DatabaseArgs, bind: Option<std::net::SocketAddr>) -> Result<(), String> {
+    use checkpoint::api::{ApiState, prometheus, router, serve};
+    let config = if args.config.exists() {
+        Some(Config::load(&args.config).map_err(|e| one_line(&e))?)
+    } else {
+        None
+    };
+    let url = args.url()?;
+    let bind = bind
+        .or_else(|| config.as_ref().map(|c| c.api.bind))
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9292)));
+    let token = config
+        .as_ref()
+        .and_then(|c| c.api.token.clone())
+        .or_else(|| {
+            std::env::var("CHECKPOINT_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+    let store = Store::connect(&url).map_err(|e| one_line(&e))?;
+    store.ping().await.map_err(|e| one_line(&e))?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    let state = ApiState::new(checkpoint::Engine::new(store))
+        .token(token)
+        .metrics(prometheus());
+    println!(
+        "API on http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    serve(listener, router(state), checkpoint::app::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn print_reports(reports: Result<Vec<cli::Report>, cli::CliError>) -> Result<(), String> {

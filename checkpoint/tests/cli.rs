@@ -122,10 +122,16 @@ fn the_demo_runs_once_and_adds_fresh_events_on_every_run() {
         "400",
         "--database",
         "sqlite://demo.db",
+        "--bind",
+        "127.0.0.1:0",
     ];
     let first = checkpoint(&args, dir.path());
     assert!(first.status.success(), "{}", text(&first.stderr));
     let stdout = text(&first.stdout);
+    assert!(
+        stdout.starts_with("API on http://127.0.0.1:"),
+        "the demo serves the API: {stdout}"
+    );
     // The figure right after a summary label.
     let line = |name: &str, out: &str| -> String {
         out.lines()
@@ -354,5 +360,65 @@ fn migrate_status_rollback_on_mariadb() {
                 format!("{base}/{database}"),
             )
         },
+    );
+}
+
+#[test]
+fn the_api_command_serves_the_database() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert!(
+        checkpoint(&["migrate", "--database", "sqlite://api.db"], dir.path())
+            .status
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .args([
+            "api",
+            "--database",
+            "sqlite://api.db",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start api");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let addr = line
+        .trim()
+        .strip_prefix("API on http://")
+        .expect("address")
+        .to_owned();
+    let get = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    };
+    let ping = get("/ping");
+    let events = get("/v1/events?limit=5");
+    let bad = get("/v1/events?limit=-1");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ping.starts_with("HTTP/1.1 200") && ping.ends_with("PONG"),
+        "{ping}"
+    );
+    assert!(
+        events.starts_with("HTTP/1.1 200") && events.ends_with("[]"),
+        "{events}"
+    );
+    assert!(
+        bad.starts_with("HTTP/1.1 400") && bad.contains(r#""error":true"#),
+        "{bad}"
     );
 }

@@ -1,0 +1,864 @@
+//! The HTTP API on every backend, in-process through `oneshot`: listing, filters, ordering,
+//! not-found and parameter errors, the bearer token, retries and their side effects, payloads
+//! of any shape, metrics and the OpenAPI document; plus one request over a real socket.
+
+mod support;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use checkpoint::api::{self, ApiState, Handlers};
+use checkpoint::handler::Handler;
+use checkpoint::store::{ListQuery, NewEvent, NewFailure};
+use checkpoint::{Disposition, Engine, Message, Origin};
+use chrono::{Duration, NaiveDateTime, Utc};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use support::TestDb;
+use support::handlers::{Scripted, Step};
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret";
+
+/// Whole milliseconds, `secs` seconds ago.
+fn at(secs: i64) -> NaiveDateTime {
+    let now = Utc::now().naive_utc() - Duration::seconds(secs);
+    now - Duration::nanoseconds(i64::from(
+        now.and_utc().timestamp_subsec_nanos() % 1_000_000,
+    ))
+}
+
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    topic: &'a str,
+    group_id: &'a str,
+    checksum: &'a str,
+    entity_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    event_time: Option<NaiveDateTime>,
+    created_at: Option<NaiveDateTime>,
+    payload: &'a [u8],
+    key: Option<&'a [u8]>,
+}
+
+impl<'a> Row<'a> {
+    fn new(checksum: &'a str) -> Self {
+        Self {
+            topic: "orders",
+            group_id: "billing",
+            checksum,
+            entity_id: None,
+            event_type: None,
+            event_time: None,
+            created_at: Some(at(0)),
+            payload: br#"{"a":"b"}"#,
+            key: None,
+        }
+    }
+
+    fn event(&self) -> NewEvent<'a> {
+        NewEvent {
+            topic: self.topic,
+            group_id: self.group_id,
+            partition: 0,
+            offset: 3,
+            key: self.key,
+            checksum: self.checksum,
+            entity_id: self.entity_id,
+            event_time: self.event_time,
+            event_type: self.event_type,
+            event_version: None,
+            payload: self.payload,
+            created_at: self.created_at,
+        }
+    }
+
+    fn failure(&self) -> NewFailure<'a> {
+        NewFailure {
+            created_at: self.created_at,
+            topic: self.topic,
+            group_id: self.group_id,
+            partition: 1,
+            offset: 7,
+            key: self.key,
+            checksum: self.checksum,
+            entity_id: self.entity_id,
+            event_time: self.event_time,
+            event_type: self.event_type,
+            event_version: None,
+            payload: self.payload,
+            metadata: r#"{"handler":"scripted","retry_count":0}"#,
+            error_class: "app::Boom",
+            error_message: "boom",
+            error_backtrace: r#"["boom","caused by: io"]"#,
+            attempts: 1,
+        }
+    }
+}
+
+async fn insert_event(db: &TestDb, row: Row<'_>) -> i64 {
+    assert!(db.store.insert_event(&row.event()).await.expect("insert"));
+    let all = db
+        .store
+        .list_events(&ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    all.iter()
+        .find(|e| e.checksum == row.checksum)
+        .expect("inserted")
+        .id
+}
+
+async fn insert_failure(db: &TestDb, row: Row<'_>) -> i64 {
+    db.store
+        .record_failure(&row.failure())
+        .await
+        .expect("record")
+}
+
+fn state(db: &TestDb) -> ApiState {
+    ApiState::new(Engine::new(db.store.clone()))
+}
+
+fn plain(db: &TestDb) -> Router {
+    api::router(state(db))
+}
+
+/// Sends one request; returns the status and the body (JSON when it parses, else a string).
+async fn send(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Body::empty()).expect("request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
+    send(router, "GET", uri, None).await
+}
+
+fn error_body(message: &str) -> Value {
+    json!({"error": true, "message": message})
+}
+
+fn checksums(body: &Value) -> Vec<String> {
+    body.as_array()
+        .unwrap_or_else(|| panic!("not an array: {body}"))
+        .iter()
+        .map(|e| e["checksum"].as_str().expect("checksum").to_owned())
+        .collect()
+}
+
+fn origin() -> Origin {
+    Origin::new("billing").with_listener_id("listener-1")
+}
+
+/// A failure stored by the engine: `payload` on `orders`/`billing`, handler failing for good.
+async fn engine_failure(db: &TestDb, offset: i64, payload: &str) -> i64 {
+    let engine = Engine::new(db.store.clone());
+    let handler = Scripted::new(Step::FailPermanent);
+    let message = Message::new("orders", 0, offset, payload.to_owned()).with_key("k");
+    match engine
+        .process(&handler, &message, &origin(), 0)
+        .await
+        .expect("process")
+    {
+        Disposition::Failed { failure_id, .. } => failure_id,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+async fn ping_answers_pong(db: TestDb) {
+    let router = plain(&db);
+    let (status, body) = get(&router, "/ping").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Value::String("PONG".into()));
+    db.cleanup().await;
+}
+
+async fn event_renders_every_field(db: TestDb) {
+    let engine = Engine::new(db.store.clone());
+    let handler = Scripted::new(Step::Ack);
+    let message = Message::new("orders", 2, 41, r#"{"id":"o-1","n":[1,2]}"#).with_key("order-key");
+    engine
+        .process(&handler, &message, &origin(), 0)
+        .await
+        .expect("process");
+    let router = plain(&db);
+    let (status, list) = get(&router, "/v1/events").await;
+    assert_eq!(status, StatusCode::OK);
+    let id = list[0]["id"].as_i64().expect("id");
+    let (status, event) = get(&router, &format!("/v1/events/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event, list[0]);
+    assert_eq!(event["topic"], "orders");
+    assert_eq!(event["group_id"], "billing");
+    assert_eq!(event["partition"], 2);
+    assert_eq!(event["offset"], 41);
+    assert_eq!(event["key"], "order-key");
+    assert!(event.get("key_encoding").is_none());
+    assert_eq!(event["entity_id"], "entity-41");
+    assert_eq!(event["event_time"], "2026-11-27T12:30:45.123Z");
+    assert_eq!(event["event_type"], "created");
+    assert_eq!(event["event_version"], "v1");
+    assert_eq!(event["checksum"], message.checksum());
+    assert_eq!(event["payload"], json!({"id": "o-1", "n": [1, 2]}));
+    assert_eq!(event["payload_encoding"], "json");
+    let created = event["created_at"].as_str().expect("created_at");
+    assert!(
+        created.len() == 24 && created.ends_with('Z') && created.as_bytes()[19] == b'.',
+        "{created}"
+    );
+    db.cleanup().await;
+}
+
+async fn list_limit_offset_and_filters(db: TestDb) {
+    for (i, checksum) in ["c0", "c1", "c2", "c3", "c4"].into_iter().enumerate() {
+        let i = i64::try_from(i).expect("small");
+        let mut row = Row::new(checksum);
+        // c4 is the most recent.
+        row.event_time = Some(at(100 - i));
+        row.entity_id = Some(if i % 2 == 0 { "even" } else { "odd" });
+        row.event_type = Some(if i < 2 { "old" } else { "new" });
+        row.topic = if i == 0 { "other-topic" } else { "orders" };
+        row.group_id = if i == 1 { "other-group" } else { "billing" };
+        insert_event(&db, row).await;
+        let mut f = Row::new(checksum);
+        f.event_time = Some(at(100 - i));
+        f.entity_id = row.entity_id;
+        f.event_type = row.event_type;
+        f.topic = row.topic;
+        f.group_id = row.group_id;
+        insert_failure(&db, f).await;
+    }
+    let router = plain(&db);
+    for base in ["/v1/events", "/v1/failures"] {
+        let cases: [(&str, &[&str]); 9] = [
+            ("", &["c4", "c3", "c2", "c1", "c0"]),
+            ("?limit=2", &["c4", "c3"]),
+            ("?limit=2&offset=2", &["c2", "c1"]),
+            ("?offset=4", &["c0"]),
+            ("?limit=0", &[]),
+            ("?entity_id=even", &["c4", "c2", "c0"]),
+            ("?topic=other-topic", &["c0"]),
+            ("?group_id=other-group", &["c1"]),
+            ("?event_type=old&entity_id=odd", &["c1"]),
+        ];
+        for (query, expected) in cases {
+            let (status, body) = get(&router, &format!("{base}{query}")).await;
+            assert_eq!(status, StatusCode::OK, "{base}{query}: {body}");
+            assert_eq!(checksums(&body), expected, "{base}{query}");
+        }
+        let long = format!("group_id={}", "x".repeat(300));
+        for query in [
+            "topic=nope",
+            "topic=",
+            "entity_id=%F0%9F%98%80",
+            long.as_str(),
+        ] {
+            let (status, none) = get(&router, &format!("{base}?{query}")).await;
+            assert_eq!(status, StatusCode::OK, "{base}?{query}: {none}");
+            assert_eq!(none, json!([]), "{base}?{query}");
+        }
+    }
+    for (query, count) in [
+        ("", 5),
+        ("?entity_id=odd", 2),
+        ("?topic=orders", 4),
+        ("?group_id=billing", 4),
+        ("?event_type=new", 3),
+        ("?event_type=new&entity_id=even", 2),
+        ("?topic=nope", 0),
+    ] {
+        let (status, body) = get(&router, &format!("/v1/failures/count{query}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({ "count": count }), "count{query}");
+    }
+    db.cleanup().await;
+}
+
+async fn default_limit_is_twenty(db: TestDb) {
+    let checksums: Vec<String> = (0..25).map(|i| format!("d{i:02}")).collect();
+    let rows: Vec<NewEvent<'_>> = checksums.iter().map(|c| Row::new(c).event()).collect();
+    db.store.insert_events(&rows).await.expect("insert");
+    let router = plain(&db);
+    let (_, body) = get(&router, "/v1/events").await;
+    assert_eq!(body.as_array().expect("array").len(), 20);
+    let (_, body) = get(&router, "/v1/events?limit=1000").await;
+    assert_eq!(body.as_array().expect("array").len(), 25);
+    db.cleanup().await;
+}
+
+async fn ordering_puts_nulls_last(db: TestDb) {
+    let rows = [
+        ("no-time-old", None, Some(at(50))),
+        ("no-time-new", None, Some(at(10))),
+        ("no-times", None, None),
+        ("old", Some(at(1000)), Some(at(5))),
+        ("new", Some(at(500)), Some(at(900))),
+    ];
+    for (checksum, event_time, created_at) in rows {
+        let mut row = Row::new(checksum);
+        row.event_time = event_time;
+        row.created_at = created_at;
+        insert_event(&db, row).await;
+        let mut f = Row::new(checksum);
+        f.event_time = event_time;
+        f.created_at = created_at;
+        insert_failure(&db, f).await;
+    }
+    let router = plain(&db);
+    for base in ["/v1/events", "/v1/failures"] {
+        let (_, body) = get(&router, base).await;
+        assert_eq!(
+            checksums(&body),
+            ["new", "old", "no-time-new", "no-time-old", "no-times"],
+            "{base}"
+        );
+        let no_times = &body[4];
+        assert_eq!(no_times["event_time"], Value::Null);
+        assert_eq!(no_times["created_at"], Value::Null);
+    }
+    db.cleanup().await;
+}
+
+async fn failure_renders_and_deletes(db: TestDb) {
+    let id = engine_failure(&db, 9, r#"{"order":1}"#).await;
+    let router = plain(&db);
+    let (status, failure) = get(&router, &format!("/v1/failures/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{failure}");
+    assert_eq!(failure["id"], id);
+    assert_eq!(failure["payload"], json!({"order": 1}));
+    assert_eq!(failure["payload_encoding"], "json");
+    assert_eq!(failure["key"], "k");
+    assert!(failure["metadata"].is_object(), "{failure}");
+    assert_eq!(failure["metadata"]["group_id"], "billing");
+    assert!(
+        failure["error_class"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert_eq!(
+        failure["error_message"],
+        "downstream service refused the order"
+    );
+    assert!(failure["error_backtrace"].is_array());
+    assert_eq!(failure["attempts"], 1);
+    let (_, list) = get(&router, "/v1/failures").await;
+    assert_eq!(list[0], failure);
+
+    let (status, body) = send(&router, "DELETE", &format!("/v1/failures/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"acknowledged": true}));
+    assert!(db.store.get_failure(id).await.expect("get").is_none());
+    let (status, body) = send(&router, "DELETE", &format!("/v1/failures/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, error_body("failure not found"));
+    db.cleanup().await;
+}
+
+async fn not_found_bodies(db: TestDb) {
+    let router = plain(&db);
+    let cases = [
+        ("GET", "/v1/events/999999", "event not found"),
+        ("POST", "/v1/events/999999/retry", "event not found"),
+        ("GET", "/v1/failures/999999", "failure not found"),
+        ("DELETE", "/v1/failures/999999", "failure not found"),
+        ("POST", "/v1/failures/999999/retry", "failure not found"),
+        ("GET", "/nope", "not found"),
+        ("GET", "/v1", "not found"),
+        ("GET", "/v1/events/1/nope", "not found"),
+        ("POST", "/v1/nope", "not found"),
+        ("PUT", "/v1/events", "not found"),
+        ("DELETE", "/v1/events/1", "not found"),
+        ("GET", "/v1/failures/1/retry", "not found"),
+    ];
+    for (method, uri, message) in cases {
+        let (status, body) = send(&router, method, uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {body}");
+        assert_eq!(body, error_body(message), "{method} {uri}");
+    }
+    db.cleanup().await;
+}
+
+async fn bad_parameters_are_400(db: TestDb) {
+    let router = plain(&db);
+    for base in ["/v1/events", "/v1/failures", "/v1/failures/count"] {
+        for (query, parameter) in [
+            ("limit=-1", "limit"),
+            ("limit=abc", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=", "limit"),
+            ("limit=2x", "limit"),
+            ("limit=99999999999999999999999", "limit"),
+            ("offset=-1", "offset"),
+            ("offset=x", "offset"),
+            ("offset=1.5", "offset"),
+            ("topic=a%00b", "topic"),
+            ("entity_id=%00", "entity_id"),
+        ] {
+            let uri = format!("{base}?{query}");
+            let (status, body) = get(&router, &uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert_eq!(body["error"], true, "{uri}");
+            let message = body["message"].as_str().expect("message");
+            assert!(message.contains(parameter), "{uri}: {message}");
+        }
+    }
+    for (method, uri) in [
+        ("GET", "/v1/events/abc"),
+        ("GET", "/v1/events/-1"),
+        ("GET", "/v1/events/1.5"),
+        ("POST", "/v1/events/abc/retry"),
+        ("GET", "/v1/failures/abc"),
+        ("GET", "/v1/failures/99999999999999999999999"),
+        ("DELETE", "/v1/failures/abc"),
+        ("POST", "/v1/failures/abc/retry"),
+    ] {
+        let (status, body) = send(&router, method, uri, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains("id"), "{uri}: {message}");
+    }
+    let long = format!("/v1/events?topic={}", "x".repeat(5000));
+    let (status, body) = get(&router, &long).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG);
+    assert_eq!(body["error"], true);
+    db.cleanup().await;
+}
+
+async fn token_guards_mutating_routes(db: TestDb) {
+    let a = engine_failure(&db, 1, "one").await;
+    let b = engine_failure(&db, 2, "two").await;
+    let c = engine_failure(&db, 3, "three").await;
+    let guarded = api::router(state(&db).token(Some(TOKEN.into())));
+    for token in [None, Some("wrong"), Some("")] {
+        for (method, uri) in [
+            ("DELETE", format!("/v1/failures/{a}")),
+            ("POST", format!("/v1/failures/{a}/retry")),
+            ("POST", "/v1/events/1/retry".to_owned()),
+        ] {
+            let (status, body) = send(&guarded, method, &uri, token).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} {token:?}");
+            assert_eq!(body, error_body("missing or invalid bearer token"));
+        }
+    }
+    assert!(db.store.get_failure(a).await.expect("get").is_some());
+    // Reads need no token.
+    let (status, _) = get(&guarded, &format!("/v1/failures/{a}")).await;
+    assert_eq!(status, StatusCode::OK);
+    // The scheme is case-insensitive.
+    let request = Request::builder()
+        .method("DELETE")
+        .uri(format!("/v1/failures/{a}"))
+        .header(header::AUTHORIZATION, format!("bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("request");
+    let response = guarded.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(db.store.get_failure(a).await.expect("get").is_none());
+    let (status, body) = send(
+        &guarded,
+        "POST",
+        &format!("/v1/failures/{c}/retry"),
+        Some(TOKEN),
+    )
+    .await;
+    // Authorized, but no handler is registered.
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Without a configured token, nothing is required.
+    let open = plain(&db);
+    let (status, _) = send(&open, "DELETE", &format!("/v1/failures/{b}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    db.cleanup().await;
+}
+
+fn with_handler(db: &TestDb, handler: Arc<dyn Handler>) -> Router {
+    api::router(state(db).handlers(Handlers::new().register("orders", "billing", handler)))
+}
+
+async fn retry_failure_outcomes(db: TestDb) {
+    // Error, then ack.
+    let id = engine_failure(&db, 5, r#"{"id":"o-5"}"#).await;
+    let handler = Arc::new(Scripted::new(Step::Ack).script(&[Step::Fail]));
+    let router = with_handler(&db, handler.clone());
+    let (status, body) = send(&router, "POST", &format!("/v1/failures/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body, error_body("downstream service refused the order"));
+    let kept = db.store.get_failure(id).await.expect("get").expect("kept");
+    assert_eq!(kept.attempts, 2);
+    assert_eq!(db.event_count().await, 0);
+
+    let (status, body) = send(&router, "POST", &format!("/v1/failures/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"acknowledged": true}));
+    assert!(db.store.get_failure(id).await.expect("get").is_none());
+    assert_eq!(db.event_count().await, 1);
+    assert_eq!(handler.calls(), 2);
+
+    // Skip.
+    let id = engine_failure(&db, 6, r#"{"id":"o-6"}"#).await;
+    let router = with_handler(&db, Arc::new(Scripted::new(Step::Skip)));
+    let (status, body) = send(&router, "POST", &format!("/v1/failures/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"acknowledged": false}));
+    assert!(db.store.get_failure(id).await.expect("get").is_none());
+    assert_eq!(db.event_count().await, 1);
+
+    // Already consumed: the same payload as the acked one.
+    let payload: &[u8] = br#"{"id":"o-5"}"#;
+    let checksum = checkpoint::checksum(payload);
+    let mut row = Row::new(&checksum);
+    row.payload = payload;
+    let id = insert_failure(&db, row).await;
+    let never = Arc::new(Scripted::new(Step::Ack));
+    let router = with_handler(&db, never.clone());
+    let (status, body) = send(&router, "POST", &format!("/v1/failures/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"acknowledged": false}));
+    assert_eq!(never.calls(), 0);
+    assert!(db.store.get_failure(id).await.expect("get").is_none());
+    db.cleanup().await;
+}
+
+async fn retry_event_reports_already_consumed(db: TestDb) {
+    let id = insert_event(&db, Row::new(&checkpoint::checksum(br#"{"a":"b"}"#))).await;
+    let handler = Arc::new(Scripted::new(Step::Ack));
+    let router = with_handler(&db, handler.clone());
+    let (status, body) = send(&router, "POST", &format!("/v1/events/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"acknowledged": false}));
+    assert_eq!(handler.calls(), 0);
+    assert_eq!(db.event_count().await, 1);
+    db.cleanup().await;
+}
+
+async fn app_handlers_serve_retries(db: TestDb) {
+    let text = format!(
+        r#"
+[database]
+url = "{}"
+
+[[listeners]]
+handler = "scripted"
+topic = "orders"
+group_id = "billing"
+"#,
+        db.url
+    );
+    let config = checkpoint::config::Config::parse(&text, "app.toml").expect("config");
+    let app = checkpoint::App::builder()
+        .handler(Scripted::new(Step::Ack))
+        .config(config.clone())
+        .build()
+        .await
+        .expect("app");
+    let id = engine_failure(&db, 4, r#"{"id":"o-4"}"#).await;
+    let router =
+        api::router(ApiState::new(app.engine().clone()).handlers(Handlers::for_app(&app, &config)));
+    let (status, body) = send(&router, "POST", &format!("/v1/failures/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"acknowledged": true}));
+    assert_eq!(db.event_count().await, 1);
+    db.cleanup().await;
+}
+
+async fn retry_without_handler_is_409(db: TestDb) {
+    let failure = engine_failure(&db, 1, "x").await;
+    let event = insert_event(&db, Row::new("e")).await;
+    // A handler for another group does not count.
+    let router = api::router(state(&db).handlers(Handlers::new().register(
+        "orders",
+        "another-group",
+        Arc::new(Scripted::new(Step::Ack)) as Arc<dyn Handler>,
+    )));
+    for uri in [
+        format!("/v1/failures/{failure}/retry"),
+        format!("/v1/events/{event}/retry"),
+    ] {
+        let (status, body) = send(&router, "POST", &uri, None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{uri}: {body}");
+        assert_eq!(
+            body,
+            error_body(
+                "no handler for topic `orders` and group `billing` is registered in this process"
+            )
+        );
+    }
+    let kept = db
+        .store
+        .get_failure(failure)
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(kept.attempts, 1);
+    db.cleanup().await;
+}
+
+async fn any_payload_renders(db: TestDb) {
+    let binary: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
+    let cases: [(&str, &[u8], Value, &str); 5] = [
+        ("text", b"not json at all", json!("not json at all"), "utf8"),
+        ("binary", binary, json!("//4AgA=="), "base64"),
+        ("empty", b"", json!(""), "utf8"),
+        ("scalar", b"42", json!(42), "json"),
+        ("array", b"[1,\"x\"]", json!([1, "x"]), "json"),
+    ];
+    let router = plain(&db);
+    for (checksum, payload, expected, encoding) in cases {
+        let mut row = Row::new(checksum);
+        row.payload = payload;
+        row.key = Some(binary);
+        let event = insert_event(&db, row).await;
+        let mut row = Row::new(checksum);
+        row.payload = payload;
+        row.key = Some(b"plain key");
+        let failure = insert_failure(&db, row).await;
+        let (status, body) = get(&router, &format!("/v1/events/{event}")).await;
+        assert_eq!(status, StatusCode::OK, "{checksum}: {body}");
+        assert_eq!(body["payload"], expected, "{checksum}");
+        assert_eq!(body["payload_encoding"], encoding, "{checksum}");
+        assert_eq!(body["key"], "//4AgA==");
+        assert_eq!(body["key_encoding"], "base64");
+        let (status, body) = get(&router, &format!("/v1/failures/{failure}")).await;
+        assert_eq!(status, StatusCode::OK, "{checksum}: {body}");
+        assert_eq!(body["payload"], expected, "{checksum}");
+        assert_eq!(body["payload_encoding"], encoding, "{checksum}");
+        assert_eq!(body["key"], "plain key");
+        assert!(body.get("key_encoding").is_none());
+    }
+    for base in ["/v1/events", "/v1/failures"] {
+        let (status, body) = get(&router, base).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body.as_array().expect("array").len(), 5);
+    }
+    db.cleanup().await;
+}
+
+async fn metrics_show_checkpoint_counters(db: TestDb) {
+    let handle = api::prometheus();
+    let topic = format!("metrics-{}", db.store.backend());
+    let engine = Engine::new(db.store.clone());
+    let handler = Scripted::new(Step::Ack);
+    engine
+        .process(
+            &handler,
+            &Message::new(topic.clone(), 0, 1, "m"),
+            &origin(),
+            0,
+        )
+        .await
+        .expect("process");
+    let router = api::router(state(&db).metrics(handle));
+    let (status, _) = get(&router, "/ping").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = get(&router, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().expect("text");
+    for name in [
+        "db_checkpoint_event_acknowledged_total",
+        "db_checkpoint_around_consume_total",
+        "db_checkpoint_event_already_exists_check_total",
+        "db_checkpoint_event_action_total",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains(&format!("topic=\"{topic}\""))
+                    && l.contains("group_id=\"billing\"")
+            })
+            .unwrap_or_else(|| panic!("no {name} for {topic} in:\n{text}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("checkpoint_api_requests_total")
+                && l.contains("route=\"/ping\"")
+                && l.contains("method=\"GET\"")
+                && l.contains("status=\"200\"")),
+        "{text}"
+    );
+    // Without a handle, /metrics is not served.
+    let (status, body) = get(&plain(&db), "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, error_body("not found"));
+    db.cleanup().await;
+}
+
+async fn openapi_agrees_with_routes(db: TestDb) {
+    let failure = engine_failure(&db, 1, "x").await;
+    let event = insert_event(&db, Row::new("e")).await;
+    let router = api::router(state(&db).token(Some(TOKEN.into())));
+    let (status, doc) = get(&router, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc, api::openapi_document());
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.0"))
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            let statuses = operation["responses"].as_object().expect("responses");
+            let id = if path.starts_with("/v1/events") {
+                event
+            } else {
+                failure
+            };
+            let concrete = path.replace("{id}", &id.to_string());
+            let (status, body) =
+                send(&router, &method.to_uppercase(), &concrete, Some(TOKEN)).await;
+            assert!(
+                statuses.contains_key(status.as_str()),
+                "{method} {path} answered {status}, documented {:?}: {body}",
+                statuses.keys().collect::<Vec<_>>()
+            );
+            if path.contains("{id}") {
+                let bad = path.replace("{id}", "abc");
+                let (status, _) = send(&router, &method.to_uppercase(), &bad, Some(TOKEN)).await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {bad}");
+                assert!(statuses.contains_key("400"), "{method} {path} lacks 400");
+            }
+            if method != "get" {
+                let (status, _) = send(&router, &method.to_uppercase(), &concrete, None).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                assert!(statuses.contains_key("401"), "{method} {path} lacks 401");
+            }
+        }
+    }
+    documented.sort();
+    let mut expected = vec![
+        "GET /ping",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /v1/events",
+        "GET /v1/events/{id}",
+        "POST /v1/events/{id}/retry",
+        "GET /v1/failures",
+        "GET /v1/failures/count",
+        "GET /v1/failures/{id}",
+        "DELETE /v1/failures/{id}",
+        "POST /v1/failures/{id}/retry",
+    ];
+    expected.sort();
+    assert_eq!(documented, expected);
+    db.cleanup().await;
+}
+
+on_every_backend!(
+    ping_answers_pong,
+    event_renders_every_field,
+    list_limit_offset_and_filters,
+    default_limit_is_twenty,
+    ordering_puts_nulls_last,
+    failure_renders_and_deletes,
+    not_found_bodies,
+    bad_parameters_are_400,
+    token_guards_mutating_routes,
+    retry_failure_outcomes,
+    retry_event_reports_already_consumed,
+    retry_without_handler_is_409,
+    app_handlers_serve_retries,
+    any_payload_renders,
+    metrics_show_checkpoint_counters,
+    openapi_agrees_with_routes,
+);
+
+#[tokio::test]
+async fn unreachable_database_is_503() {
+    let store = checkpoint::Store::connect("postgres://postgres@127.0.0.1:1/none").expect("store");
+    let router = api::router(ApiState::new(Engine::new(store)));
+    for uri in ["/v1/events", "/v1/failures/1", "/v1/failures/count"] {
+        let (status, body) = get(&router, uri).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        assert_eq!(body, error_body("database unavailable"));
+    }
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let db = TestDb::sqlite().await;
+    let router = plain(&db);
+    let request = Request::builder()
+        .method("DELETE")
+        .uri("/v1/failures/1")
+        .header(
+            header::CONTENT_LENGTH,
+            (api::MAX_BODY_BYTES + 1).to_string(),
+        )
+        .body(Body::from(vec![b'x'; api::MAX_BODY_BYTES + 1]))
+        .expect("request");
+    let response = router.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(body["error"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_over_a_real_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = TestDb::sqlite().await;
+    let id = insert_event(&db, Row::new("socket")).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, plain(&db), async move {
+        let _ = stopped.await;
+    }));
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request =
+        format!("GET /v1/events/{id} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let event: Value = serde_json::from_str(body).expect("json body");
+    assert_eq!(event["id"], id);
+    assert_eq!(event["checksum"], "socket");
+
+    stop.send(()).expect("server running");
+    server.await.expect("join").expect("serve");
+    db.cleanup().await;
+}
