@@ -47,6 +47,11 @@ pub const BASE_MIGRATIONS: &[BaseMigration] = &[
         "2026-11-27-000001_create_checkpoint_tables"
     ),
     base_migration!(
+        Backend::Postgres,
+        "postgres",
+        "2026-11-28-000001_drop_group_id_index"
+    ),
+    base_migration!(
         Backend::Mysql,
         "mysql",
         "2026-11-27-000001_create_checkpoint_tables"

@@ -404,8 +404,12 @@ async fn migrations_roll_back_and_reapply(db: TestDb) {
         "{status:?}"
     );
     assert!(db.store.migrate().await.expect("idempotent").is_empty());
-    let reverted = db.store.rollback().await.expect("rollback");
-    assert!(reverted.is_some());
+    // Revert every migration, newest first.
+    for _ in &status {
+        let reverted = db.store.rollback().await.expect("rollback");
+        assert!(reverted.is_some());
+    }
+    assert_eq!(db.store.rollback().await.expect("nothing left"), None);
     assert!(
         db.store.list_events(&ListQuery::default()).await.is_err(),
         "tables are gone"

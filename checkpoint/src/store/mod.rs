@@ -28,6 +28,7 @@ pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
 pub use self::queries::MAX_TEXT_LEN;
 pub use self::url::DatabaseUrl;
+pub(crate) use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
 
 /// The async SQLite connection (diesel's bundled SQLite driven on tokio's blocking pool).
@@ -43,6 +44,12 @@ const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/my
 const SQLITE_FILE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;";
 const SQLITE_MEMORY_PRAGMAS: &str = "PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;";
+
+/// Applied to every PostgreSQL connection. Statements are prepared once per connection; a
+/// generic plan cached while the checkpoint table was small (a new deployment, or statistics
+/// not yet refreshed by autovacuum) stays a sequential scan as the table grows, and every
+/// duplicate check becomes slower than the last. Custom plans see the table's current size.
+const POSTGRES_SETUP: &str = "SET plan_cache_mode = force_custom_plan";
 
 /// Tuning of a [`Store`]'s connection pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,10 +334,18 @@ impl Store {
                 Pools::Sqlite(build_pool!(manager, size, Backend::Sqlite))
             }
             Backend::Postgres => {
-                let manager = AsyncDieselConnectionManager::new_with_config(
-                    url.target(),
-                    manager_config::<AsyncPgConnection>(),
-                );
+                let mut config = manager_config::<AsyncPgConnection>();
+                config.custom_setup = Box::new(|target| {
+                    let target = target.to_owned();
+                    Box::pin(async move {
+                        let mut conn = AsyncPgConnection::establish(&target).await?;
+                        conn.batch_execute(POSTGRES_SETUP)
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(url.target(), config);
                 Pools::Postgres(build_pool!(manager, size, Backend::Postgres))
             }
             Backend::Mysql => {

@@ -122,6 +122,48 @@ macro_rules! list_rows {
     }};
 }
 
+/// A row of the PostgreSQL existence probe.
+#[derive(diesel::QueryableByName)]
+struct StoredChecksum {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    checksum: String,
+}
+
+/// `INSERT INTO checkpoint_events (…) VALUES (…), (…) ON CONFLICT DO NOTHING` for SQLite, with
+/// every value bound.
+fn sqlite_multi_insert<'a>(
+    rows: &'a [NewEvent<'a>],
+) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::sqlite::Sqlite, diesel::query_builder::SqlQuery>
+{
+    use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text, Timestamp};
+    let mut sql = String::from(
+        "INSERT INTO checkpoint_events (topic, group_id, \"partition\", \"offset\", \"key\", \
+         checksum, entity_id, event_time, event_type, event_version, payload, created_at) VALUES ",
+    );
+    for i in 0..rows.len() {
+        sql.push_str(if i == 0 { "" } else { ", " });
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    let mut query = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
+    for row in rows {
+        query = query
+            .bind::<Text, _>(row.topic)
+            .bind::<Text, _>(row.group_id)
+            .bind::<Integer, _>(row.partition)
+            .bind::<BigInt, _>(row.offset)
+            .bind::<Nullable<Binary>, _>(row.key)
+            .bind::<Text, _>(row.checksum)
+            .bind::<Nullable<Text>, _>(row.entity_id)
+            .bind::<Nullable<Timestamp>, _>(row.event_time)
+            .bind::<Nullable<Text>, _>(row.event_type)
+            .bind::<Nullable<Text>, _>(row.event_version)
+            .bind::<Binary, _>(row.payload)
+            .bind::<Nullable<Timestamp>, _>(row.created_at);
+    }
+    query
+}
+
 impl Conn<'_> {
     /// True when an event with this dedup key is stored.
     pub async fn event_exists(&mut self, key: DedupKey<'_>) -> StoreResult<bool> {
@@ -146,6 +188,27 @@ impl Conn<'_> {
     ) -> StoreResult<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in checksums.chunks(INSERT_CHUNK) {
+            if let Conn::Postgres(c) = self {
+                // One index probe per key, whatever the planner's statistics say: with stale
+                // statistics (a fast-growing table before autovacuum analyzes it) PostgreSQL
+                // plans `checksum = ANY($1)` as a filter over every row of the group.
+                let rows = diesel::sql_query(
+                    "SELECT e.checksum FROM unnest($1::text[]) AS k(c) CROSS JOIN LATERAL \
+                     (SELECT checksum FROM checkpoint_events WHERE topic = $2 AND group_id = $3 \
+                     AND checksum = k.c LIMIT 1) AS e",
+                )
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(chunk)
+                .bind::<diesel::sql_types::Text, _>(topic)
+                .bind::<diesel::sql_types::Text, _>(group_id)
+                .load::<StoredChecksum>(&mut **c)
+                .await;
+                found.extend(
+                    rows.map_err(|e| self.query_error(e))?
+                        .into_iter()
+                        .map(|r| r.checksum),
+                );
+                continue;
+            }
             let query = ev::table
                 .select(ev::checksum)
                 .filter(ev::topic.eq(topic))
@@ -192,21 +255,15 @@ impl Conn<'_> {
 
     /// Inserts many events, skipping stored dedup keys; returns, per row, whether this call
     /// inserted it (a key repeated inside `rows` is inserted once, for its first row). One
-    /// statement per 1,000 rows on PostgreSQL and SQLite.
+    /// statement per 1,000 rows on every backend (see `insert_events_counted` for SQLite and
+    /// MySQL).
     pub async fn insert_events(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
         for row in rows {
             validate_event(row)?;
         }
         let mut inserted_keys: HashSet<(String, String, String)> = HashSet::new();
         if !matches!(self, Conn::Postgres(_)) {
-            // MySQL has no RETURNING and diesel's SQLite driver cannot combine a multi-row
-            // INSERT with RETURNING: one statement per row (in-process on SQLite, and inside the
-            // caller's transaction) tells exactly which went in.
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(self.insert_event(row).await?);
-            }
-            return Ok(out);
+            return self.insert_events_counted(rows).await;
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
             let returned = match self {
@@ -233,6 +290,72 @@ impl Conn<'_> {
                 inserted_keys.remove(&key)
             })
             .collect())
+    }
+
+    /// SQLite and MySQL: neither can report per row which rows a multi-row insert took (MySQL
+    /// has no RETURNING; diesel's SQLite driver cannot combine it with a multi-row INSERT). So
+    /// each chunk is inserted in one statement inside a savepoint; when the affected-row count
+    /// says every row went in, that is the answer. Otherwise (a stored or repeated key) the
+    /// savepoint is rolled back and the chunk goes row by row, which tells exactly.
+    async fn insert_events_counted(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let distinct: HashSet<(&str, &str, &str)> = chunk
+                .iter()
+                .map(|r| (r.topic, r.group_id, r.checksum))
+                .collect();
+            if distinct.len() == chunk.len() {
+                self.begin().await?;
+                match self.insert_events_unreported(chunk).await {
+                    Ok(n) if n == chunk.len() => {
+                        self.commit().await?;
+                        out.extend(std::iter::repeat_n(true, chunk.len()));
+                        continue;
+                    }
+                    Ok(_) => self.rollback().await?,
+                    Err(error) => {
+                        // The insert's error matters more than a failed rollback.
+                        let _ = self.rollback().await;
+                        return Err(error);
+                    }
+                }
+            }
+            for row in chunk {
+                out.push(self.insert_event(row).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts many events, skipping stored dedup keys, one statement per 1,000 rows; returns
+    /// how many rows went in (not which).
+    pub async fn insert_events_unreported(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<usize> {
+        for row in rows {
+            validate_event(row)?;
+        }
+        let mut total = 0;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let inserted = match self {
+                Conn::Postgres(c) => {
+                    diesel::insert_into(ev::table)
+                        .values(chunk)
+                        .on_conflict_do_nothing()
+                        .execute(&mut **c)
+                        .await
+                }
+                // diesel's multi-row INSERT for SQLite lives on the synchronous connection only;
+                // the same statement, spelled out, runs on the async wrapper.
+                Conn::Sqlite(c) => sqlite_multi_insert(chunk).execute(&mut **c).await,
+                Conn::Mysql(c) => {
+                    diesel::insert_or_ignore_into(ev::table)
+                        .values(chunk)
+                        .execute(&mut **c)
+                        .await
+                }
+            };
+            total += inserted.map_err(|e| self.query_error(e))?;
+        }
+        Ok(total)
     }
 
     /// Sets the acknowledgement fields of a stored event (used after a transactional claim).
