@@ -52,6 +52,7 @@ extern crate self as checkpoint;
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -68,7 +69,7 @@ pub mod store;
 pub mod __private;
 
 pub use crate::app::App;
-pub use crate::engine::{Backoff, Disposition, Engine, EngineError, RetryOutcome};
+pub use crate::engine::{Backoff, CheckedAhead, Disposition, Engine, EngineError, RetryOutcome};
 pub use crate::error::{Backend, StoreError};
 pub use crate::handler::{Ack, Context, DecodeError, Handler, HandlerError, Outcome};
 pub use crate::message::{Header, Message, Metadata, Origin, checksum};

@@ -5,7 +5,9 @@
 //!   partition; partitions run concurrently, at most `max_concurrency` at a time.
 //! - A failing message is retried with exponential backoff and jitter while the consumer keeps
 //!   polling: the partition's worker waits, its queue fills, and the partition is paused at a
-//!   high-water mark and resumed at a low one, so the group never sees a stalled member.
+//!   high-water mark and resumed at a low one, so the group never sees a stalled member. A
+//!   partition that is merely busy is not paused (librdkafka would drop and refetch what it
+//!   prefetched): the receive loop waits for its worker instead.
 //! - Offsets are *stored* after a message settles (`enable.auto.offset.store=false`) and
 //!   committed asynchronously in batches (`enable.auto.commit`, 1 s by default); synchronously
 //!   on partition revoke and on shutdown.
@@ -30,10 +32,10 @@ use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::engine::{Backoff, Disposition, Engine};
+use crate::engine::{Backoff, CheckedAhead, Disposition, Engine};
 use crate::handler::Handler;
 use crate::message::{Header, Message, Origin};
 
@@ -41,6 +43,9 @@ use crate::message::{Header, Message, Origin};
 const PAUSE_AT: usize = 2_000;
 /// Queued messages below which a paused partition is resumed.
 const RESUME_AT: usize = 500;
+/// Queued messages of a partition whose duplicate check is done in one query (per-message
+/// mode).
+const CHECK_AHEAD: usize = 500;
 
 /// What a listener consumes and how.
 #[derive(Clone)]
@@ -346,11 +351,23 @@ where
 
 type Consumer_ = StreamConsumer<ListenerContext>;
 
+/// Backpressure state of one partition, shared by the receive loop and its worker.
+#[derive(Default)]
+struct Flow {
+    /// Messages queued for the worker.
+    depth: AtomicUsize,
+    /// The partition is paused in librdkafka.
+    paused: AtomicBool,
+    /// The worker is waiting out a backoff (a failing message or a database outage).
+    backing_off: AtomicBool,
+    /// Signalled when `depth` drops or `backing_off` is set.
+    changed: Notify,
+}
+
 /// One partition's worker.
 struct PartitionWorker {
     queue: mpsc::UnboundedSender<Message>,
-    depth: Arc<AtomicUsize>,
-    paused: Arc<AtomicBool>,
+    flow: Arc<Flow>,
     revoked: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -467,12 +484,23 @@ impl Listener {
                         // Reassigned after a revoke: a fresh worker, in order from here.
                         *worker = spawn_worker(&shared, &assignment, partition);
                     }
-                    let depth = worker.depth.fetch_add(1, Ordering::SeqCst) + 1;
+                    let flow = Arc::clone(&worker.flow);
+                    let depth = flow.depth.fetch_add(1, Ordering::SeqCst) + 1;
                     if worker.queue.send(owned).is_err() {
-                        worker.depth.fetch_sub(1, Ordering::SeqCst);
+                        flow.depth.fetch_sub(1, Ordering::SeqCst);
                     }
-                    if depth >= PAUSE_AT && !worker.paused.swap(true, Ordering::SeqCst) {
-                        set_paused(&consumer, &shared.spec.topic, partition, true);
+                    if depth >= PAUSE_AT {
+                        let stop = hold_back(
+                            &consumer,
+                            &shared.spec.topic,
+                            partition,
+                            worker,
+                            &mut shutdown,
+                        )
+                        .await;
+                        if stop {
+                            break;
+                        }
                     }
                 }
                 Err(error) => {
@@ -498,6 +526,41 @@ impl Listener {
         drop(shared);
         tracing::info!(target: "checkpoint", %listener_id, "listener stopped");
         Ok(())
+    }
+}
+
+/// A partition has `PAUSE_AT` messages queued. While its worker is merely busy, the receive
+/// loop waits for it (librdkafka keeps fetching up to `queued.max.messages.kbytes` meanwhile):
+/// pausing would make librdkafka drop what it prefetched and refetch it later. While the worker
+/// waits out a backoff, the partition is paused instead, so the other partitions keep flowing.
+/// True when shutdown was requested meanwhile.
+async fn hold_back(
+    consumer: &Consumer_,
+    topic: &str,
+    partition: i32,
+    worker: &PartitionWorker,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let flow = &worker.flow;
+    loop {
+        if worker.task.is_finished() {
+            return false;
+        }
+        if flow.backing_off.load(Ordering::SeqCst) {
+            if !flow.paused.swap(true, Ordering::SeqCst) {
+                set_paused(consumer, topic, partition, true);
+            }
+            return false;
+        }
+        if flow.depth.load(Ordering::SeqCst) < PAUSE_AT {
+            return false;
+        }
+        tokio::select! {
+            () = shutdown.as_mut() => return true,
+            () = flow.changed.notified() => {}
+            // The worker may end without a signal (revoked): look again now and then.
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
 }
 
@@ -543,16 +606,10 @@ fn to_message(message: &BorrowedMessage<'_>) -> Message {
 
 fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -> PartitionWorker {
     let (queue, mut inbox) = mpsc::unbounded_channel::<Message>();
-    let depth = Arc::new(AtomicUsize::new(0));
-    let paused = Arc::new(AtomicBool::new(false));
+    let flow = Arc::new(Flow::default());
     let revoked = assignment.flag(partition);
     let task = {
-        let (shared, depth, paused, revoked) = (
-            Arc::clone(shared),
-            Arc::clone(&depth),
-            Arc::clone(&paused),
-            Arc::clone(&revoked),
-        );
+        let (shared, flow, revoked) = (Arc::clone(shared), Arc::clone(&flow), Arc::clone(&revoked));
         tokio::spawn(async move {
             let mut stopping = shared.stopping.clone();
             loop {
@@ -563,26 +620,37 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
                     },
                     _ = stopping.wait_for(|stop| *stop) => break,
                 };
-                // Batch mode: take what is already queued, up to batch_size.
+                // Wait for a turn first, so the run below takes everything queued meanwhile.
+                let Ok(_permit) = shared.permits.acquire().await else {
+                    break;
+                };
+                // Take what is already queued: up to batch_size messages for a batch, or up to
+                // CHECK_AHEAD messages whose duplicate check is done in one query.
+                let window = if shared.spec.batch_size > 1 {
+                    shared.spec.batch_size
+                } else {
+                    CHECK_AHEAD
+                };
                 let mut batch = vec![message];
-                while batch.len() < shared.spec.batch_size {
+                while batch.len() < window {
                     match inbox.try_recv() {
                         Ok(message) => batch.push(message),
                         Err(_) => break,
                     }
                 }
-                let left = depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
-                if left <= RESUME_AT && paused.swap(false, Ordering::SeqCst) {
+                let left = flow.depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
+                flow.changed.notify_one();
+                if left <= RESUME_AT && flow.paused.swap(false, Ordering::SeqCst) {
                     set_paused(&shared.consumer, &shared.spec.topic, partition, false);
                 }
                 if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
                     // Not ours any more, or shutting down: leave it to the next owner.
                     break;
                 }
-                let done = if batch.len() == 1 {
-                    settle(&shared, &batch[0], &revoked).await
+                let done = if shared.spec.batch_size > 1 {
+                    settle_batch(&shared, batch, &revoked, &flow).await
                 } else {
-                    settle_batch(&shared, batch, &revoked).await
+                    settle_run(&shared, &batch, &revoked, &flow).await
                 };
                 if !done {
                     break;
@@ -592,33 +660,67 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
     };
     PartitionWorker {
         queue,
-        depth,
-        paused,
+        flow,
         revoked,
         task,
     }
 }
 
+/// Per-message mode over a run of queued messages: one duplicate check for the run, then each
+/// message consumed, stored and settled on its own, in order. False when abandoned.
+async fn settle_run(shared: &Shared, run: &[Message], revoked: &AtomicBool, flow: &Flow) -> bool {
+    let handler = shared.spec.handler.as_ref();
+    // If the check fails (database down), each message does its own, waiting the outage out.
+    let mut ahead = if run.len() > 1 {
+        shared
+            .engine
+            .check_ahead(handler, run, &shared.origin)
+            .await
+            .ok()
+    } else {
+        None
+    };
+    for message in run {
+        if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
+            return false;
+        }
+        if !settle(shared, message, revoked, flow, ahead.as_mut()).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Takes one message until it is settled, then stores its offset. False when it was abandoned
 /// (shutdown or revoke during a backoff): it stays uncommitted and is redelivered.
-async fn settle(shared: &Shared, message: &Message, revoked: &AtomicBool) -> bool {
-    let Ok(_permit) = shared.permits.acquire().await else {
-        return false;
-    };
+async fn settle(
+    shared: &Shared,
+    message: &Message,
+    revoked: &AtomicBool,
+    flow: &Flow,
+    mut ahead: Option<&mut CheckedAhead>,
+) -> bool {
     let mut retry_count = 0;
     let mut outages = 0;
     let mut stopping = shared.stopping.clone();
     loop {
-        let delay = match shared
-            .engine
-            .process(
-                shared.spec.handler.as_ref(),
-                message,
-                &shared.origin,
-                retry_count,
-            )
-            .await
-        {
+        let handler = shared.spec.handler.as_ref();
+        let attempt = match ahead.as_deref_mut() {
+            // The first attempt uses the run's duplicate check; later ones check again.
+            Some(ahead) if retry_count == 0 && outages == 0 => {
+                shared
+                    .engine
+                    .process_checked(handler, message, &shared.origin, 0, ahead)
+                    .await
+            }
+            _ => {
+                shared
+                    .engine
+                    .process(handler, message, &shared.origin, retry_count)
+                    .await
+            }
+        };
+        let delay = match attempt {
             Ok(Disposition::Retry(error)) => {
                 shared.stats.retries.fetch_add(1, Ordering::Relaxed);
                 let delay = shared.spec.backoff.delay(retry_count);
@@ -648,14 +750,26 @@ async fn settle(shared: &Shared, message: &Message, revoked: &AtomicBool) -> boo
                 delay
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stopping.wait_for(|stop| *stop) => return false,
+        if !back_off(flow, delay, &mut stopping).await {
+            return false;
         }
         if revoked.load(Ordering::SeqCst) {
             return false;
         }
     }
+}
+
+/// Sleeps `delay` with the partition marked as backing off (the receive loop pauses it rather
+/// than wait); false when shutdown came first.
+async fn back_off(flow: &Flow, delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
+    flow.backing_off.store(true, Ordering::SeqCst);
+    flow.changed.notify_one();
+    let slept = tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        _ = stopping.wait_for(|stop| *stop) => false,
+    };
+    flow.backing_off.store(false, Ordering::SeqCst);
+    slept
 }
 
 /// Marks `message` settled: its offset may be committed. Fails only when the partition was
@@ -672,10 +786,12 @@ fn store_offset(shared: &Shared, message: &Message) {
 
 /// Takes a batch until every message in it is settled, storing offsets as prefixes settle.
 /// False when abandoned (shutdown or revoke during a backoff).
-async fn settle_batch(shared: &Shared, mut batch: Vec<Message>, revoked: &AtomicBool) -> bool {
-    let Ok(_permit) = shared.permits.acquire().await else {
-        return false;
-    };
+async fn settle_batch(
+    shared: &Shared,
+    mut batch: Vec<Message>,
+    revoked: &AtomicBool,
+    flow: &Flow,
+) -> bool {
     let mut retry_count = 0;
     let mut outages = 0;
     let mut stopping = shared.stopping.clone();
@@ -719,9 +835,8 @@ async fn settle_batch(shared: &Shared, mut batch: Vec<Message>, revoked: &Atomic
                 Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).delay(outages - 1)
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stopping.wait_for(|stop| *stop) => return false,
+        if !back_off(flow, delay, &mut stopping).await {
+            return false;
         }
         if revoked.load(Ordering::SeqCst) {
             return false;

@@ -11,6 +11,7 @@
 //!   also across crashes, rebalances and concurrent consumers (a concurrent claim of the same
 //!   key waits for the first transaction, then finds the row).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,15 @@ impl Default for Backoff {
     fn default() -> Self {
         Self::new(Duration::from_secs(1), Duration::from_secs(60))
     }
+}
+
+/// The result of [`Engine::check_ahead`]: which keys of a run of messages are stored.
+#[derive(Debug, Default)]
+pub struct CheckedAhead {
+    /// `(topic, dedup key)` of the stored events.
+    stored: HashSet<(String, String)>,
+    /// The check's time per message.
+    share: Duration,
 }
 
 /// How one delivery attempt of a message ended.
@@ -272,6 +282,79 @@ impl Engine {
         self.around(&attempt, RetryMode::Decide).await
     }
 
+    /// The duplicate check of a run of messages of one topic and partition, ahead of
+    /// processing them one by one with [`Engine::process_checked`]: one query instead of one
+    /// per message. Each message is still consumed, stored and settled on its own.
+    pub async fn check_ahead(
+        &self,
+        handler: &dyn Handler,
+        messages: &[Message],
+        origin: &Origin,
+    ) -> Result<CheckedAhead, EngineError> {
+        let started = Instant::now();
+        let keys: Vec<String> = messages
+            .iter()
+            .map(|m| Self::dedup_key(handler, m))
+            .collect();
+        let mut stored = HashSet::new();
+        let mut by_topic: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+        by_topic.sort_unstable();
+        by_topic.dedup();
+        for topic in by_topic {
+            let of_topic: Vec<&str> = messages
+                .iter()
+                .zip(&keys)
+                .filter(|(m, _)| m.topic == topic)
+                .map(|(_, k)| k.as_str())
+                .collect();
+            stored.extend(
+                self.store
+                    .existing_checksums(topic, &origin.group_id, &of_topic)
+                    .await?
+                    .into_iter()
+                    .map(|checksum| (topic.to_owned(), checksum)),
+            );
+        }
+        Ok(CheckedAhead {
+            stored,
+            share: started.elapsed() / u32::try_from(messages.len().max(1)).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// [`Engine::process`] with the duplicate check taken from `ahead` (see
+    /// [`Engine::check_ahead`]). A message this call settles as stored is added to `ahead`, so a
+    /// repeat later in the run counts as a duplicate. A key stored by someone else after the
+    /// check is still caught: by the insert's conflict handling in per-message mode, by the
+    /// claim in transactional mode.
+    pub async fn process_checked(
+        &self,
+        handler: &dyn Handler,
+        message: &Message,
+        origin: &Origin,
+        retry_count: u32,
+        ahead: &mut CheckedAhead,
+    ) -> Result<Disposition, EngineError> {
+        let attempt = self.attempt(handler, message, origin, retry_count);
+        let started = Instant::now();
+        let key = (message.topic.clone(), attempt.metadata.checksum.clone());
+        let exists = ahead.stored.contains(&key);
+        self.fire(
+            Notification::EventAlreadyExistsCheck,
+            &attempt,
+            Some(ahead.share),
+        );
+        let result = self.after_check(&attempt, RetryMode::Decide, exists).await;
+        self.fire(
+            Notification::AroundConsume,
+            &attempt,
+            Some(started.elapsed() + ahead.share),
+        );
+        if let Ok(Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed) = &result {
+            ahead.stored.insert(key);
+        }
+        result
+    }
+
     /// Runs attempts until the message is settled: backs off between handler retries (per
     /// `backoff`) and waits out database outages. Returns the settling disposition.
     pub async fn process_until_settled(
@@ -445,6 +528,16 @@ impl Engine {
             attempt,
             Some(started.elapsed()),
         );
+        self.after_check(attempt, mode, exists).await
+    }
+
+    /// Everything after the duplicate check: consume unless `exists`.
+    async fn after_check(
+        &self,
+        attempt: &Attempt<'_>,
+        mode: RetryMode,
+        exists: bool,
+    ) -> Result<Disposition, EngineError> {
         if exists {
             self.fire(Notification::EventAlreadyConsumed, attempt, None);
             return Ok(Disposition::AlreadyConsumed);
