@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use checkpoint::cli;
 use checkpoint::config::{Config, DEFAULT_PATH};
 use checkpoint::demo::{self, DemoOptions};
 use checkpoint::error::Backend;
 use checkpoint::store::Store;
+use checkpoint::{bench, cli};
 use clap::{Parser, Subcommand};
 
 /// Exactly-once Kafka event handlers, checkpointed in your own database.
@@ -35,6 +35,30 @@ enum Command {
         /// Where the HTTP API listens while the demo runs.
         #[arg(long, default_value = "127.0.0.1:9292")]
         bind: std::net::SocketAddr,
+    },
+    /// Measure checkpointed throughput against raw Kafka consumption, the naive
+    /// check-then-insert pattern and the database's batched-insert ceiling, in one run.
+    Bench {
+        /// Messages to produce (and rows per mode).
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        /// Database to measure (repeatable). Default: a SQLite file in the temp dir and, when
+        /// it answers, PostgreSQL at postgres://postgres@127.0.0.1:5432/postgres.
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Modes to run, comma-separated: raw, naive, per-message, transactional, batch,
+        /// db-ceiling (default: all).
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+        /// External Kafka bootstrap servers instead of the embedded mock cluster.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Messages per batch in `batch` mode.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the HTTP API over a checkpoint database. Retries answer 409 here: no handler runs
     /// in this process (run the API inside your application for that).
@@ -168,6 +192,36 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map(drop)
                 .map_err(|e| one_line(&e))
+        }
+        Command::Bench {
+            messages,
+            databases,
+            modes,
+            brokers,
+            batch_size,
+            json,
+        } => {
+            let modes = modes
+                .iter()
+                .map(|m| m.parse::<bench::Mode>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| one_line(&e))?;
+            let options = bench::BenchOptions {
+                messages,
+                databases,
+                modes,
+                brokers,
+                batch_size,
+                progress: true,
+            };
+            let report = bench::run(&options).await.map_err(|e| one_line(&e))?;
+            if json {
+                let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+                println!("{text}");
+            } else {
+                print!("{}", bench::render(&report));
+            }
+            Ok(())
         }
         Command::Init {
             dir,

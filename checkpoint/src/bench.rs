@@ -1,0 +1,1234 @@
+//! `checkpoint bench`: checkpointed throughput against raw Kafka consumption and the naive
+//! check-then-insert pattern, measured in one process and one run so that the ratios compare
+//! like with like.
+//!
+//! Every mode reads the same produced messages (or, for `db-ceiling`, writes the same rows) in
+//! its own consumer group, verifies its own result (one row per message, none missing, none
+//! twice) before its figure counts, and cleans its rows up afterwards.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::{AggregateExpressionMethods, ExpressionMethods, QueryDsl};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::engine::Engine;
+use crate::handler::{Context, Handler, HandlerError, Outcome};
+use crate::listener::{Listener, ListenerSpec, ListenerStats};
+use crate::message::checksum;
+use crate::store::schema::checkpoint_events;
+use crate::store::{Backend, DedupKey, NewEvent, Store, StoreError, StoreOptions};
+
+/// Partitions of the benchmark topic.
+pub const PARTITIONS: i32 = 3;
+
+/// The librdkafka consumer settings every Kafka mode runs with. They decide fetch pacing: with
+/// librdkafka's defaults the 1 s `fetch.queue.backoff.ms` dominates and the numbers mean
+/// nothing.
+pub const CONSUMER_SETTINGS: [(&str, &str); 6] = [
+    ("fetch.wait.max.ms", "10"),
+    ("fetch.queue.backoff.ms", "10"),
+    ("queued.min.messages", "20000"),
+    ("queued.max.messages.kbytes", "16384"),
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "500"),
+];
+
+/// Default PostgreSQL of `checkpoint bench`, used when it answers.
+pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// What one benchmark mode measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// rdkafka consumption only, no database: the ceiling.
+    Raw,
+    /// The original's pattern: per message, `SELECT` whether it exists, then an autocommitted
+    /// `INSERT`.
+    Naive,
+    /// checkpoint's per-message mode through the real engine, listener and a real handler.
+    PerMessage,
+    /// Per-message, with the handler writing one row of its own through the checkpoint
+    /// transaction.
+    Transactional,
+    /// Batch mode (`batch_size` messages per batch), same handler as `per-message`.
+    Batch,
+    /// No Kafka: multi-row `INSERT … ON CONFLICT DO NOTHING` of the same rows, 500 per
+    /// statement, straight into the events table: the physical limit of checkpointing here.
+    DbCeiling,
+}
+
+impl Mode {
+    /// Every mode, in the order they run.
+    pub const ALL: [Mode; 6] = [
+        Mode::Raw,
+        Mode::Naive,
+        Mode::PerMessage,
+        Mode::Transactional,
+        Mode::Batch,
+        Mode::DbCeiling,
+    ];
+
+    /// The mode's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Naive => "naive",
+            Self::PerMessage => "per-message",
+            Self::Transactional => "transactional",
+            Self::Batch => "batch",
+            Self::DbCeiling => "db-ceiling",
+        }
+    }
+
+    fn uses_database(self) -> bool {
+        self != Self::Raw
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = BenchError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| BenchError::UnknownMode(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of `checkpoint bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Messages to produce (and rows to write per mode).
+    pub messages: usize,
+    /// Databases to measure; empty: a SQLite file in the temp dir and, when it answers,
+    /// [`DEFAULT_POSTGRES`].
+    pub databases: Vec<String>,
+    /// Modes to run; empty: all.
+    pub modes: Vec<Mode>,
+    /// An external Kafka (`host:port,…`) instead of the embedded mock cluster.
+    pub brokers: Option<String>,
+    /// Messages per batch in `batch` mode.
+    pub batch_size: usize,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            messages: 200_000,
+            databases: Vec::new(),
+            modes: Vec::new(),
+            brokers: None,
+            batch_size: 500,
+            progress: false,
+        }
+    }
+}
+
+/// An error that stops the benchmark.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    /// `--modes` named a mode that does not exist.
+    #[error(
+        "unknown mode `{0}` (expected raw, naive, per-message, transactional, batch or db-ceiling)"
+    )]
+    UnknownMode(String),
+    /// Nothing to measure.
+    #[error("--messages must be at least 1")]
+    NoMessages,
+    /// A database failed.
+    #[error("{database}: {source}")]
+    Store {
+        /// The database, password masked.
+        database: String,
+        /// What failed.
+        #[source]
+        source: StoreError,
+    },
+    /// Kafka (the embedded cluster, the producer or a consumer) failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The broker does not hold every produced message (the embedded cluster keeps about
+    /// 5 MiB per partition): the figures would be meaningless.
+    #[error(
+        "the broker holds {held} of the {produced} produced messages (offsets before {first:?} \
+         were dropped); use fewer --messages or an external --brokers"
+    )]
+    BrokerDropped {
+        /// Messages produced.
+        produced: u64,
+        /// Messages still on the broker.
+        held: u64,
+        /// First offset still held, per partition.
+        first: Vec<i64>,
+    },
+    /// A mode did not see every message in time.
+    #[error(
+        "{mode} on {database}: {done} of {expected} messages after {waited:?} without progress"
+    )]
+    Stalled {
+        /// The mode.
+        mode: Mode,
+        /// The database (or `-`).
+        database: String,
+        /// Messages done.
+        done: u64,
+        /// Messages expected.
+        expected: u64,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A mode's result does not hold exactly one row per message.
+    #[error("{mode} on {database}: verification failed: {what}")]
+    Verification {
+        /// The mode.
+        mode: Mode,
+        /// The database (or `-`).
+        database: String,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// One measured mode on one database.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    /// The mode.
+    pub mode: Mode,
+    /// The database (password masked), or `-` for `raw`.
+    pub database: String,
+    /// Messages processed (verified).
+    pub messages: u64,
+    /// Seconds from the first message to the last settled one.
+    pub seconds: f64,
+    /// Messages per second.
+    pub messages_per_second: f64,
+    /// Throughput relative to `naive` on the same database.
+    pub vs_naive: Option<f64>,
+    /// Throughput relative to `db-ceiling` on the same database.
+    pub vs_db_ceiling: Option<f64>,
+    /// Throughput relative to `raw`.
+    pub vs_raw: Option<f64>,
+    /// Peak resident memory of the process during the mode, in bytes (Linux).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Everything a run measured, with the settings that produced it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Messages per mode.
+    pub messages: u64,
+    /// Kafka: `embedded mock cluster` or the brokers given.
+    pub kafka: String,
+    /// Messages per batch in `batch` mode.
+    pub batch_size: usize,
+    /// Logical CPUs of this machine.
+    pub cpus: usize,
+    /// Memory of this machine in bytes (Linux).
+    pub memory_bytes: Option<u64>,
+    /// The pinned librdkafka consumer settings.
+    pub consumer_settings: Vec<(String, String)>,
+    /// Default databases that did not answer and were left out.
+    pub skipped: Vec<String>,
+    /// One row per mode and database.
+    pub rows: Vec<BenchRow>,
+}
+
+/// The order every benchmark message carries (about 200 bytes of JSON).
+#[derive(Debug, serde::Deserialize)]
+struct BenchOrder {
+    id: String,
+    placed_at: DateTime<Utc>,
+    kind: String,
+}
+
+/// The payload of message `i` of run `run`.
+fn payload(run: &str, i: usize) -> String {
+    let placed = DateTime::<Utc>::from_timestamp(1_790_000_000 + (i as i64 % 86_400), 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        r#"{{"id":"{run}-{i:08}","customer":"customer-{:05}","placed_at":"{placed}","kind":"order.placed","amount_cents":{},"currency":"EUR","items":[{{"sku":"sku-{:04}","qty":{}}}],"channel":"web"}}"#,
+        i % 50_021,
+        1_000 + i % 9_000,
+        i % 7_919,
+        1 + i % 5,
+    )
+}
+
+/// The per-message and batch handler: decodes the order and acknowledges it.
+struct BenchOrders;
+
+#[crate::checkpoint_handler(name = "bench-orders")]
+impl BenchOrders {
+    async fn consume(
+        &self,
+        order: BenchOrder,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        Ok(ctx
+            .ack(order.id, order.placed_at)
+            .with_event_type(order.kind))
+    }
+}
+
+diesel::table! {
+    /// The transactional handler's own table: one row per applied order.
+    checkpoint_bench_effects (id) {
+        /// Row id.
+        id -> BigInt,
+        /// Consumer group of the mode that wrote it.
+        group_id -> Text,
+        /// The order applied.
+        order_id -> Text,
+    }
+}
+
+/// The transactional handler: writes one row through the checkpoint transaction, then acks.
+struct BenchEffects;
+
+#[crate::checkpoint_handler(transactional, name = "bench-effects")]
+impl BenchEffects {
+    async fn consume(
+        &self,
+        order: BenchOrder,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let group = ctx.metadata().group_id.clone();
+        ctx.tx()?
+            .execute(
+                diesel::insert_into(checkpoint_bench_effects::table).values((
+                    checkpoint_bench_effects::group_id.eq(group),
+                    checkpoint_bench_effects::order_id.eq(order.id.clone()),
+                )),
+            )
+            .await?;
+        Ok(ctx
+            .ack(order.id, order.placed_at)
+            .with_event_type(order.kind))
+    }
+}
+
+fn effects_ddl(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "CREATE TABLE IF NOT EXISTS checkpoint_bench_effects (id INTEGER PRIMARY KEY, \
+             group_id TEXT NOT NULL, order_id TEXT NOT NULL)"
+        }
+        Backend::Postgres => {
+            "CREATE TABLE IF NOT EXISTS checkpoint_bench_effects (id BIGSERIAL PRIMARY KEY, \
+             group_id TEXT NOT NULL, order_id TEXT NOT NULL)"
+        }
+        Backend::Mysql => {
+            "CREATE TABLE IF NOT EXISTS checkpoint_bench_effects (id BIGINT AUTO_INCREMENT \
+             PRIMARY KEY, group_id VARCHAR(255) NOT NULL, order_id VARCHAR(255) NOT NULL)"
+        }
+    }
+}
+
+/// Kafka for one run: the embedded cluster (kept alive here) or external brokers.
+struct Kafka {
+    _cluster: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    servers: String,
+    label: String,
+}
+
+fn kafka_err(error: impl std::fmt::Display) -> BenchError {
+    BenchError::Kafka(error.to_string())
+}
+
+impl Kafka {
+    async fn start(brokers: Option<&str>, topic: &str) -> Result<Self, BenchError> {
+        match brokers {
+            None => {
+                let cluster = MockCluster::new(1).map_err(kafka_err)?;
+                cluster
+                    .create_topic(topic, PARTITIONS, 1)
+                    .map_err(kafka_err)?;
+                Ok(Self {
+                    servers: cluster.bootstrap_servers(),
+                    _cluster: Some(cluster),
+                    label: "embedded mock cluster (librdkafka)".into(),
+                })
+            }
+            Some(servers) => {
+                use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+                let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", servers)
+                    .create()
+                    .map_err(kafka_err)?;
+                let created = admin
+                    .create_topics(
+                        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+                    )
+                    .await
+                    .map_err(kafka_err)?;
+                for result in created {
+                    result.map_err(|(name, code)| kafka_err(format!("create {name}: {code}")))?;
+                }
+                Ok(Self {
+                    _cluster: None,
+                    servers: servers.to_owned(),
+                    label: servers.to_owned(),
+                })
+            }
+        }
+    }
+
+    fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.servers)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest");
+        for (key, value) in CONSUMER_SETTINGS {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Produces `count` messages, keeping at most 10,000 deliveries in flight so memory stays flat.
+async fn produce(
+    kafka: &Kafka,
+    topic: &str,
+    run: &str,
+    count: usize,
+    bar: &ProgressBar,
+) -> Result<(), BenchError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.servers)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("batch.num.messages", "10000")
+        .create()
+        .map_err(kafka_err)?;
+    let mut in_flight = std::collections::VecDeque::with_capacity(10_000);
+    for i in 0..count {
+        let key = format!("order-{i}");
+        let body = payload(run, i);
+        let partition = i32::try_from(i % PARTITIONS as usize).unwrap_or(0);
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&body);
+        in_flight.push_back(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| kafka_err(e))?,
+        );
+        if in_flight.len() >= 10_000 {
+            await_delivery(in_flight.pop_front()).await?;
+            bar.inc(1);
+        }
+    }
+    while let Some(delivery) = in_flight.pop_front() {
+        await_delivery(Some(delivery)).await?;
+        bar.inc(1);
+    }
+    Ok(())
+}
+
+async fn await_delivery(
+    delivery: Option<rdkafka::producer::DeliveryFuture>,
+) -> Result<(), BenchError> {
+    if let Some(delivery) = delivery {
+        delivery
+            .await
+            .map_err(|_| kafka_err("delivery cancelled"))?
+            .map_err(|(e, _)| kafka_err(e))?;
+    }
+    Ok(())
+}
+
+/// Checks that the broker still holds every produced message.
+fn check_held(kafka: &Kafka, topic: &str, produced: u64) -> Result<(), BenchError> {
+    let consumer: BaseConsumer = kafka
+        .consumer_config("checkpoint-bench-watermarks")
+        .create()
+        .map_err(kafka_err)?;
+    let mut held = 0;
+    let mut first = Vec::new();
+    for partition in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(kafka_err)?;
+        held += u64::try_from(high - low).unwrap_or(0);
+        first.push(low);
+    }
+    if held != produced || first.iter().any(|low| *low != 0) {
+        return Err(BenchError::BrokerDropped {
+            produced,
+            held,
+            first,
+        });
+    }
+    Ok(())
+}
+
+/// Peak resident memory since the last reset, in bytes (Linux only).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak resident memory to the current one (Linux ≥ 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A database of the run.
+struct Database {
+    label: String,
+    store: Store,
+    /// A temp file to remove at the end.
+    temp: Option<std::path::PathBuf>,
+}
+
+impl Database {
+    fn error(&self, source: StoreError) -> BenchError {
+        BenchError::Store {
+            database: self.label.clone(),
+            source,
+        }
+    }
+
+    async fn open(url: &str, temp: Option<std::path::PathBuf>) -> Result<Self, BenchError> {
+        let store_error = |source| BenchError::Store {
+            database: crate::store::mask_password(url),
+            source,
+        };
+        let store =
+            Store::connect_with(url, &StoreOptions { max_connections: 4 }).map_err(store_error)?;
+        let label = store.url().to_string();
+        let db = Self { label, store, temp };
+        match tokio::time::timeout(Duration::from_secs(5), db.store.ping()).await {
+            Ok(result) => result.map_err(|e| db.error(e))?,
+            Err(_) => {
+                return Err(db.error(StoreError::Unavailable {
+                    backend: db.store.backend(),
+                    message: "no answer within 5 s".into(),
+                }));
+            }
+        }
+        db.store.migrate().await.map_err(|e| db.error(e))?;
+        let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
+        let mut conn = pooled.conn();
+        let ddl = effects_ddl(db.store.backend());
+        if let Err(e) = conn.batch_execute(ddl).await {
+            let error = conn.query_error(e);
+            return Err(db.error(error));
+        }
+        drop(pooled);
+        Ok(db)
+    }
+
+    async fn count(&self, group: &str, effects: bool) -> Result<(i64, i64), BenchError> {
+        let mut pooled = self.store.conn().await.map_err(|e| self.error(e))?;
+        let mut conn = pooled.conn();
+        let rows = if effects {
+            use checkpoint_bench_effects as fx;
+            conn.load(fx::table.filter(fx::group_id.eq(group.to_owned())).select((
+                diesel::dsl::count_star(),
+                diesel::dsl::count(fx::order_id).aggregate_distinct(),
+            )))
+            .await
+        } else {
+            use checkpoint_events as ev;
+            conn.load(ev::table.filter(ev::group_id.eq(group.to_owned())).select((
+                diesel::dsl::count_star(),
+                diesel::dsl::count(ev::checksum).aggregate_distinct(),
+            )))
+            .await
+        };
+        let rows: Vec<(i64, i64)> = rows.map_err(|e| self.error(conn.query_error(e)))?;
+        Ok(rows.first().copied().unwrap_or((0, 0)))
+    }
+
+    async fn clean(&self, group: &str) -> Result<(), BenchError> {
+        let mut pooled = self.store.conn().await.map_err(|e| self.error(e))?;
+        let mut conn = pooled.conn();
+        let events = diesel::delete(
+            checkpoint_events::table.filter(checkpoint_events::group_id.eq(group.to_owned())),
+        );
+        if let Err(e) = conn.execute(events).await {
+            return Err(self.error(conn.query_error(e)));
+        }
+        let effects = diesel::delete(
+            checkpoint_bench_effects::table
+                .filter(checkpoint_bench_effects::group_id.eq(group.to_owned())),
+        );
+        if let Err(e) = conn.execute(effects).await {
+            return Err(self.error(conn.query_error(e)));
+        }
+        // Every mode starts from a table without dead rows, autovacuum or not.
+        if self.store.backend() == Backend::Postgres {
+            let vacuum = "VACUUM checkpoint_events, checkpoint_bench_effects";
+            if let Err(e) = conn.batch_execute(vacuum).await {
+                return Err(self.error(conn.query_error(e)));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_temp(&self) {
+        if let Some(path) = &self.temp {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+/// One mode's measured run before ratios.
+struct Measured {
+    seconds: f64,
+    peak_rss: Option<u64>,
+}
+
+/// Runs the benchmark and returns its report; any lost or duplicated message is an error.
+pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    if options.messages == 0 {
+        return Err(BenchError::NoMessages);
+    }
+    let modes: Vec<Mode> = if options.modes.is_empty() {
+        Mode::ALL.to_vec()
+    } else {
+        Mode::ALL
+            .into_iter()
+            .filter(|m| options.modes.contains(m))
+            .collect()
+    };
+    let run_id = format!(
+        "{:x}{:04x}",
+        Utc::now().timestamp_millis(),
+        fastrand::u16(..)
+    );
+    let mut skipped = Vec::new();
+    let mut databases = Vec::new();
+    if modes.iter().any(|m| m.uses_database()) {
+        if options.databases.is_empty() {
+            let path = std::env::temp_dir().join(format!("checkpoint-bench-{run_id}.db"));
+            let url = format!("sqlite://{}", path.display());
+            databases.push(Database::open(&url, Some(path)).await?);
+            match Database::open(DEFAULT_POSTGRES, None).await {
+                Ok(db) => databases.push(db),
+                Err(error) => skipped.push(error.to_string()),
+            }
+        } else {
+            for url in &options.databases {
+                databases.push(Database::open(url, None).await?);
+            }
+        }
+    }
+    let result = measure(options, &modes, &run_id, &databases).await;
+    for (index, db) in databases.iter().enumerate() {
+        let _ = db.clean_all(&run_id, index).await;
+        db.remove_temp();
+    }
+    let (kafka, rows) = result?;
+    Ok(BenchReport {
+        messages: u64::try_from(options.messages).unwrap_or(u64::MAX),
+        kafka,
+        batch_size: options.batch_size.max(1),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        memory_bytes: memory_total(),
+        consumer_settings: CONSUMER_SETTINGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        skipped,
+        rows: with_ratios(rows),
+    })
+}
+
+impl Database {
+    /// Removes whatever a failed run of `run_id` left behind.
+    async fn clean_all(&self, run_id: &str, index: usize) -> Result<(), BenchError> {
+        for mode in Mode::ALL {
+            self.clean(&group_of(run_id, mode, index)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The consumer group (and checkpoint group_id) of one mode on the `index`-th database: each
+/// reads the topic from the start.
+fn group_of(run_id: &str, mode: Mode, index: usize) -> String {
+    format!("checkpoint-bench-{run_id}-{}-{index}", mode.name())
+}
+
+async fn measure(
+    options: &BenchOptions,
+    modes: &[Mode],
+    run_id: &str,
+    databases: &[Database],
+) -> Result<(String, Vec<BenchRow>), BenchError> {
+    let n = options.messages;
+    let expected = u64::try_from(n).unwrap_or(u64::MAX);
+    let topic = format!("checkpoint-bench-{run_id}");
+    let needs_kafka = modes.iter().any(|m| *m != Mode::DbCeiling);
+    let kafka = if needs_kafka {
+        let kafka = Kafka::start(options.brokers.as_deref(), &topic).await?;
+        let bar = bar(options.progress, expected, "produce");
+        produce(&kafka, &topic, run_id, n, &bar).await?;
+        bar.finish_and_clear();
+        check_held(&kafka, &topic, expected)?;
+        Some(kafka)
+    } else {
+        None
+    };
+    let label = kafka
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |k| k.label.clone());
+    let mut rows = Vec::new();
+    for &mode in modes {
+        let targets: Vec<Option<&Database>> = if mode.uses_database() {
+            databases.iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for (index, db) in targets.into_iter().enumerate() {
+            let name = db.map_or("-", |d| d.label.as_str());
+            let bar = bar(options.progress, expected, &format!("{mode} {name}"));
+            let group = group_of(run_id, mode, index);
+            reset_peak_rss();
+            let seconds = match (mode, db, &kafka) {
+                (Mode::DbCeiling, Some(db), _) => db_ceiling(db, &group, run_id, n, &bar).await?,
+                (Mode::Raw, _, Some(kafka)) => raw(kafka, &topic, &group, expected, &bar).await?,
+                (Mode::Naive, Some(db), Some(kafka)) => {
+                    naive(kafka, db, &topic, &group, expected, &bar).await?
+                }
+                (_, Some(db), Some(kafka)) => {
+                    let spec = listener_spec(kafka, mode, &topic, &group, options.batch_size);
+                    listen(spec, db, mode, expected, &bar).await?
+                }
+                _ => continue,
+            };
+            let measured = Measured {
+                seconds,
+                peak_rss: peak_rss(),
+            };
+            bar.finish_and_clear();
+            if let Some(db) = db {
+                verify(db, mode, &group, expected).await?;
+                db.clean(&group).await?;
+            }
+            rows.push(BenchRow {
+                mode,
+                database: name.to_owned(),
+                messages: expected,
+                seconds: measured.seconds,
+                messages_per_second: expected as f64 / measured.seconds.max(1e-9),
+                vs_naive: None,
+                vs_db_ceiling: None,
+                vs_raw: None,
+                peak_rss_bytes: measured.peak_rss,
+            });
+        }
+    }
+    Ok((label, rows))
+}
+
+fn bar(visible: bool, len: u64, what: &str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>40} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+/// Fails unless `group` holds exactly one event (and, transactional, one effect) per message.
+async fn verify(db: &Database, mode: Mode, group: &str, expected: u64) -> Result<(), BenchError> {
+    let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+    let fail = |what: String| BenchError::Verification {
+        mode,
+        database: db.label.clone(),
+        what,
+    };
+    let (rows, distinct) = db.count(group, false).await?;
+    if rows != expected || distinct != expected {
+        return Err(fail(format!(
+            "{rows} event rows ({distinct} distinct) for {expected} messages"
+        )));
+    }
+    if mode == Mode::Transactional {
+        let (effects, distinct) = db.count(group, true).await?;
+        if effects != expected || distinct != expected {
+            return Err(fail(format!(
+                "{effects} handler rows ({distinct} distinct orders) for {expected} messages"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How long a mode may go without progress before it counts as stalled.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Tracks progress; errors when nothing moved for [`STALL`].
+struct Progress {
+    last: u64,
+    moved: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            last: 0,
+            moved: Instant::now(),
+        }
+    }
+
+    fn check(
+        &mut self,
+        done: u64,
+        expected: u64,
+        mode: Mode,
+        database: &str,
+    ) -> Result<(), BenchError> {
+        if done != self.last {
+            self.last = done;
+            self.moved = Instant::now();
+        } else if self.moved.elapsed() > STALL {
+            return Err(BenchError::Stalled {
+                mode,
+                database: database.to_owned(),
+                done,
+                expected,
+                waited: self.moved.elapsed(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `raw`: receive every message, check each partition's offsets are contiguous, nothing else.
+async fn raw(
+    kafka: &Kafka,
+    topic: &str,
+    group: &str,
+    expected: u64,
+    bar: &ProgressBar,
+) -> Result<f64, BenchError> {
+    let consumer: StreamConsumer = kafka.consumer_config(group).create().map_err(kafka_err)?;
+    consumer.subscribe(&[topic]).map_err(kafka_err)?;
+    let mut next = [0i64; PARTITIONS as usize];
+    let mut received = 0u64;
+    let mut started = None;
+    let mut progress = Progress::new();
+    while received < expected {
+        let message = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Ok(message) => message.map_err(kafka_err)?,
+            Err(_) => {
+                progress.check(received, expected, Mode::Raw, "-")?;
+                continue;
+            }
+        };
+        started.get_or_insert_with(Instant::now);
+        let slot = usize::try_from(message.partition())
+            .ok()
+            .and_then(|p| next.get_mut(p));
+        match slot {
+            Some(next) if *next == message.offset() => *next += 1,
+            _ => {
+                return Err(BenchError::Verification {
+                    mode: Mode::Raw,
+                    database: "-".into(),
+                    what: format!(
+                        "partition {} offset {} out of order (expected {:?})",
+                        message.partition(),
+                        message.offset(),
+                        next
+                    ),
+                });
+            }
+        }
+        received += 1;
+        if received.is_multiple_of(1024) {
+            bar.set_position(received);
+        }
+    }
+    Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+}
+
+/// `naive`: the original's two autocommitted round trips per message on one connection.
+async fn naive(
+    kafka: &Kafka,
+    db: &Database,
+    topic: &str,
+    group: &str,
+    expected: u64,
+    bar: &ProgressBar,
+) -> Result<f64, BenchError> {
+    let consumer: StreamConsumer = kafka.consumer_config(group).create().map_err(kafka_err)?;
+    consumer.subscribe(&[topic]).map_err(kafka_err)?;
+    let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
+    let mut conn = pooled.conn();
+    let mut done = 0u64;
+    let mut started = None;
+    let mut progress = Progress::new();
+    while done < expected {
+        let message = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Ok(message) => message.map_err(kafka_err)?,
+            Err(_) => {
+                progress.check(done, expected, Mode::Naive, &db.label)?;
+                continue;
+            }
+        };
+        started.get_or_insert_with(Instant::now);
+        let bytes = message.payload().unwrap_or_default();
+        let sum = checksum(bytes);
+        let key = DedupKey {
+            topic,
+            group_id: group,
+            checksum: &sum,
+        };
+        if !conn.event_exists(key).await.map_err(|e| db.error(e))? {
+            let order: BenchOrder =
+                serde_json::from_slice(bytes).map_err(|e| BenchError::Verification {
+                    mode: Mode::Naive,
+                    database: db.label.clone(),
+                    what: format!("payload is not an order: {e}"),
+                })?;
+            let row = NewEvent {
+                topic,
+                group_id: group,
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                checksum: &sum,
+                entity_id: Some(&order.id),
+                event_time: Some(order.placed_at.naive_utc()),
+                event_type: Some(&order.kind),
+                event_version: None,
+                payload: bytes,
+                created_at: Some(Utc::now().naive_utc()),
+            };
+            conn.insert_event(&row).await.map_err(|e| db.error(e))?;
+        }
+        done += 1;
+        if done.is_multiple_of(256) {
+            bar.set_position(done);
+        }
+    }
+    Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+}
+
+fn listener_spec(
+    kafka: &Kafka,
+    mode: Mode,
+    topic: &str,
+    group: &str,
+    batch_size: usize,
+) -> ListenerSpec {
+    let handler: Arc<dyn Handler> = if mode == Mode::Transactional {
+        Arc::new(BenchEffects)
+    } else {
+        Arc::new(BenchOrders)
+    };
+    let mut spec = ListenerSpec::new(handler, topic, group)
+        .batch_size(if mode == Mode::Batch { batch_size } else { 1 })
+        .kafka("bootstrap.servers", kafka.servers.clone());
+    for (key, value) in CONSUMER_SETTINGS {
+        spec = spec.kafka(key, value);
+    }
+    spec
+}
+
+/// `per-message`, `transactional` and `batch`: the real listener and engine.
+async fn listen(
+    spec: ListenerSpec,
+    db: &Database,
+    mode: Mode,
+    expected: u64,
+    bar: &ProgressBar,
+) -> Result<f64, BenchError> {
+    let listener = Listener::new(spec, Engine::new(db.store.clone()));
+    let stats: Arc<ListenerStats> = listener.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listener.run(async {
+        let _ = stopped.await;
+    }));
+    let mut started = None;
+    let mut progress = Progress::new();
+    let outcome = loop {
+        let snapshot = stats.snapshot();
+        if snapshot.received > 0 {
+            started.get_or_insert_with(Instant::now);
+        }
+        bar.set_position(snapshot.settled());
+        if snapshot.settled() >= expected {
+            break Ok(snapshot);
+        }
+        if task.is_finished() {
+            break Err(kafka_err("the listener stopped early"));
+        }
+        if let Err(error) = progress.check(snapshot.settled(), expected, mode, &db.label) {
+            break Err(error);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let _ = stop.send(());
+    match task.await {
+        Ok(result) => result.map_err(kafka_err)?,
+        Err(join) => return Err(kafka_err(join)),
+    }
+    let snapshot = outcome?;
+    if snapshot.acknowledged != expected || snapshot.settled() != expected {
+        return Err(BenchError::Verification {
+            mode,
+            database: db.label.clone(),
+            what: format!("listener counters {snapshot:?} for {expected} messages"),
+        });
+    }
+    Ok(seconds)
+}
+
+/// `db-ceiling`: 500-row `INSERT … ON CONFLICT DO NOTHING` statements, each autocommitted.
+async fn db_ceiling(
+    db: &Database,
+    group: &str,
+    run_id: &str,
+    n: usize,
+    bar: &ProgressBar,
+) -> Result<f64, BenchError> {
+    let topic = format!("checkpoint-bench-{run_id}");
+    let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
+    let mut conn = pooled.conn();
+    let started = Instant::now();
+    let now = Some(Utc::now().naive_utc());
+    for chunk_start in (0..n).step_by(500) {
+        let end = (chunk_start + 500).min(n);
+        let payloads: Vec<(String, String, String)> = (chunk_start..end)
+            .map(|i| {
+                let body = payload(run_id, i);
+                (format!("order-{i}"), checksum(body.as_bytes()), body)
+            })
+            .collect();
+        let orders: Vec<BenchOrder> = payloads
+            .iter()
+            .map(|(_, _, body)| serde_json::from_str(body))
+            .collect::<Result<_, _>>()
+            .map_err(|e| BenchError::Verification {
+                mode: Mode::DbCeiling,
+                database: db.label.clone(),
+                what: format!("payload is not an order: {e}"),
+            })?;
+        let rows: Vec<NewEvent<'_>> = payloads
+            .iter()
+            .zip(&orders)
+            .zip(chunk_start..end)
+            .map(|(((key, sum, body), order), i)| NewEvent {
+                topic: &topic,
+                group_id: group,
+                partition: i32::try_from(i % PARTITIONS as usize).unwrap_or(0),
+                offset: i64::try_from(i / PARTITIONS as usize).unwrap_or(0),
+                key: Some(key.as_bytes()),
+                checksum: sum,
+                entity_id: Some(&order.id),
+                event_time: Some(order.placed_at.naive_utc()),
+                event_type: Some(&order.kind),
+                event_version: None,
+                payload: body.as_bytes(),
+                created_at: now,
+            })
+            .collect();
+        conn.insert_events_unreported(&rows)
+            .await
+            .map_err(|e| db.error(e))?;
+        bar.set_position(u64::try_from(end).unwrap_or(u64::MAX));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Fills in each row's ratios: to `naive` and `db-ceiling` on the same database, to `raw`.
+fn with_ratios(mut rows: Vec<BenchRow>) -> Vec<BenchRow> {
+    let rate = |rows: &[BenchRow], mode: Mode, database: &str| {
+        rows.iter()
+            .find(|r| r.mode == mode && (mode == Mode::Raw || r.database == database))
+            .map(|r| r.messages_per_second)
+    };
+    let snapshot = rows.clone();
+    for row in &mut rows {
+        let ratio = |base: Option<f64>| base.map(|b| row.messages_per_second / b);
+        row.vs_naive = ratio(rate(&snapshot, Mode::Naive, &row.database));
+        row.vs_db_ceiling = ratio(rate(&snapshot, Mode::DbCeiling, &row.database));
+        row.vs_raw = ratio(rate(&snapshot, Mode::Raw, &row.database));
+    }
+    rows
+}
+
+/// The report as a text table with a header of settings.
+pub fn render(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "checkpoint bench: {} messages (~200 B JSON, keyed, {PARTITIONS} partitions), kafka: {}",
+        report.messages, report.kafka
+    );
+    let memory = report
+        .memory_bytes
+        .map_or_else(|| "?".to_owned(), |b| format!("{:.1} GiB", gib(b)));
+    let _ = writeln!(
+        out,
+        "machine: {} CPUs, {memory}; batch size {}",
+        report.cpus, report.batch_size
+    );
+    let settings: Vec<String> = report
+        .consumer_settings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(out, "consumer: {}", settings.join(" "));
+    for skipped in &report.skipped {
+        let _ = writeln!(out, "skipped: {skipped}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<14} {:<40} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9}",
+        "mode",
+        "database",
+        "messages",
+        "seconds",
+        "msg/s",
+        "x naive",
+        "x ceil",
+        "x raw",
+        "peak RSS"
+    );
+    let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+    for row in &report.rows {
+        let rss = row
+            .peak_rss_bytes
+            .map_or_else(|| "-".to_owned(), |b| format!("{:.0} MiB", mib(b)));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<40} {:>9} {:>8.2} {:>10.0} {:>8} {:>8} {:>8} {:>9}",
+            row.mode.name(),
+            truncate(&row.database, 40),
+            row.messages,
+            row.seconds,
+            row.messages_per_second,
+            ratio(row.vs_naive),
+            ratio(row.vs_db_ceiling),
+            ratio(row.vs_raw),
+            rss
+        );
+    }
+    out
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0 * 1024.0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(max - 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_about_200_bytes_and_decode() {
+        for i in [0, 7, 99_999, 1_000_000] {
+            let body = payload("18c0ffee0000", i);
+            assert!(
+                (180..=240).contains(&body.len()),
+                "{} bytes: {body}",
+                body.len()
+            );
+            let order: BenchOrder = serde_json::from_str(&body).expect("an order");
+            assert_eq!(order.id, format!("18c0ffee0000-{i:08}"));
+        }
+    }
+
+    #[test]
+    fn modes_parse_by_name() {
+        for mode in Mode::ALL {
+            assert_eq!(mode.name().parse::<Mode>().expect("known"), mode);
+        }
+        let error = "fast".parse::<Mode>().expect_err("unknown");
+        assert!(error.to_string().contains("unknown mode `fast`"), "{error}");
+    }
+
+    #[test]
+    fn ratios_compare_within_a_database_and_to_raw() {
+        let row = |mode, database: &str, rate| BenchRow {
+            mode,
+            database: database.to_owned(),
+            messages: 10,
+            seconds: 1.0,
+            messages_per_second: rate,
+            vs_naive: None,
+            vs_db_ceiling: None,
+            vs_raw: None,
+            peak_rss_bytes: None,
+        };
+        let rows = with_ratios(vec![
+            row(Mode::Raw, "-", 100.0),
+            row(Mode::Naive, "a", 10.0),
+            row(Mode::Naive, "b", 20.0),
+            row(Mode::Batch, "a", 40.0),
+            row(Mode::DbCeiling, "a", 50.0),
+        ]);
+        let batch = &rows[3];
+        assert_eq!(batch.vs_naive, Some(4.0));
+        assert_eq!(batch.vs_db_ceiling, Some(0.8));
+        assert_eq!(batch.vs_raw, Some(0.4));
+        assert_eq!(rows[2].vs_db_ceiling, None);
+    }
+}
