@@ -181,7 +181,8 @@ fn init_twice_changes_nothing_the_second_time() {
         [
             "create ./checkpoint.toml",
             "create ./.env.example",
-            "create ./migrations/2026-11-27-000001_create_checkpoint_tables"
+            "create ./migrations/2026-11-27-000001_create_checkpoint_tables",
+            "create ./migrations/2026-11-28-000001_drop_group_id_index"
         ]
     );
     let config = std::fs::read_to_string(dir.path().join("checkpoint.toml")).expect("config");
@@ -203,7 +204,8 @@ fn init_twice_changes_nothing_the_second_time() {
         [
             "identical ./checkpoint.toml",
             "exists ./.env.example",
-            "identical ./migrations/2026-11-27-000001_create_checkpoint_tables"
+            "identical ./migrations/2026-11-27-000001_create_checkpoint_tables",
+            "identical ./migrations/2026-11-28-000001_drop_group_id_index"
         ]
     );
     assert_eq!(
