@@ -43,6 +43,9 @@ use crate::message::{Header, Message, Origin};
 const PAUSE_AT: usize = 2_000;
 /// Queued messages below which a paused partition is resumed.
 const RESUME_AT: usize = 500;
+/// Longest time the receive loop waits for a busy partition's worker before pausing the
+/// partition and polling again.
+const HOLD_BACK_MAX: Duration = Duration::from_secs(1);
 /// Queued messages of a partition whose duplicate check is done in one query (per-message
 /// mode).
 const CHECK_AHEAD: usize = 500;
@@ -530,10 +533,12 @@ impl Listener {
 }
 
 /// A partition has `PAUSE_AT` messages queued. While its worker is merely busy, the receive
-/// loop waits for it (librdkafka keeps fetching up to `queued.max.messages.kbytes` meanwhile):
-/// pausing would make librdkafka drop what it prefetched and refetch it later. While the worker
-/// waits out a backoff, the partition is paused instead, so the other partitions keep flowing.
-/// True when shutdown was requested meanwhile.
+/// loop waits for it, up to [`HOLD_BACK_MAX`] (librdkafka keeps fetching up to
+/// `queued.max.messages.kbytes` meanwhile): pausing would make librdkafka drop what it
+/// prefetched and refetch it later. When the worker waits out a backoff, or takes longer than
+/// that, the partition is paused instead, so the other partitions keep flowing and the consumer
+/// keeps polling (rebalances are served from the poll). True when shutdown was requested
+/// meanwhile.
 async fn hold_back(
     consumer: &Consumer_,
     topic: &str,
@@ -542,11 +547,12 @@ async fn hold_back(
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
     let flow = &worker.flow;
+    let deadline = tokio::time::Instant::now() + HOLD_BACK_MAX;
     loop {
         if worker.task.is_finished() {
             return false;
         }
-        if flow.backing_off.load(Ordering::SeqCst) {
+        if flow.backing_off.load(Ordering::SeqCst) || tokio::time::Instant::now() >= deadline {
             if !flow.paused.swap(true, Ordering::SeqCst) {
                 set_paused(consumer, topic, partition, true);
             }
@@ -559,7 +565,7 @@ async fn hold_back(
             () = shutdown.as_mut() => return true,
             () = flow.changed.notified() => {}
             // The worker may end without a signal (revoked): look again now and then.
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
 }
