@@ -279,11 +279,28 @@ impl<'c> From<&'c mut AsyncMysqlConnection> for Conn<'c> {
     }
 }
 
-fn manager_config<C: AsyncConnection + 'static>() -> ManagerConfig<C> {
+/// The pool configuration of every backend: `setup` (SQL, may be empty) runs on each new
+/// connection before it is handed out.
+fn manager_config<C>(setup: &'static str) -> ManagerConfig<C>
+where
+    C: AsyncConnection + SimpleAsyncConnection + 'static,
+{
     let mut config = ManagerConfig::default();
     // `Verified` would spend a round trip on every checkout; a dead connection surfaces on
     // its first query instead and is replaced.
     config.recycling_method = RecyclingMethod::Fast;
+    if !setup.is_empty() {
+        config.custom_setup = Box::new(move |target| {
+            let target = target.to_owned();
+            Box::pin(async move {
+                let mut conn = C::establish(&target).await?;
+                conn.batch_execute(setup)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            })
+        });
+    }
     config
 }
 
@@ -317,41 +334,25 @@ impl Store {
                 } else {
                     SQLITE_FILE_PRAGMAS
                 };
-                let mut config = manager_config::<SqliteConn>();
-                config.custom_setup = Box::new(move |target| {
-                    let target = target.to_owned();
-                    Box::pin(async move {
-                        let mut conn = SqliteConn::establish(&target).await?;
-                        conn.batch_execute(pragmas)
-                            .await
-                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                        Ok(conn)
-                    })
-                });
-                let manager = AsyncDieselConnectionManager::new_with_config(url.target(), config);
+                let manager = AsyncDieselConnectionManager::new_with_config(
+                    url.target(),
+                    manager_config::<SqliteConn>(pragmas),
+                );
                 // Every connection to `:memory:` is a separate database: keep exactly one.
                 let size = if url.is_memory() { 1 } else { size };
                 Pools::Sqlite(build_pool!(manager, size, Backend::Sqlite))
             }
             Backend::Postgres => {
-                let mut config = manager_config::<AsyncPgConnection>();
-                config.custom_setup = Box::new(|target| {
-                    let target = target.to_owned();
-                    Box::pin(async move {
-                        let mut conn = AsyncPgConnection::establish(&target).await?;
-                        conn.batch_execute(POSTGRES_SETUP)
-                            .await
-                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                        Ok(conn)
-                    })
-                });
-                let manager = AsyncDieselConnectionManager::new_with_config(url.target(), config);
+                let manager = AsyncDieselConnectionManager::new_with_config(
+                    url.target(),
+                    manager_config::<AsyncPgConnection>(POSTGRES_SETUP),
+                );
                 Pools::Postgres(build_pool!(manager, size, Backend::Postgres))
             }
             Backend::Mysql => {
                 let manager = AsyncDieselConnectionManager::new_with_config(
                     url.target(),
-                    manager_config::<AsyncMysqlConnection>(),
+                    manager_config::<AsyncMysqlConnection>(""),
                 );
                 Pools::Mysql(build_pool!(manager, size, Backend::Mysql))
             }
