@@ -393,6 +393,13 @@ impl Kafka {
         }
     }
 
+    /// A consumer of `topic` in `group`, from the start.
+    fn subscribe(&self, topic: &str, group: &str) -> Result<StreamConsumer, BenchError> {
+        let consumer: StreamConsumer = self.consumer_config(group).create().map_err(kafka_err)?;
+        consumer.subscribe(&[topic]).map_err(kafka_err)?;
+        Ok(consumer)
+    }
+
     fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -808,6 +815,23 @@ struct Progress {
 }
 
 impl Progress {
+    /// The next message of `consumer`; fails when none came for [`STALL`].
+    async fn next_message<'c>(
+        &mut self,
+        consumer: &'c StreamConsumer,
+        done: u64,
+        expected: u64,
+        mode: Mode,
+        database: &str,
+    ) -> Result<rdkafka::message::BorrowedMessage<'c>, BenchError> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                Ok(message) => return message.map_err(kafka_err),
+                Err(_) => self.check(done, expected, mode, database)?,
+            }
+        }
+    }
+
     fn new() -> Self {
         Self {
             last: 0,
@@ -846,20 +870,15 @@ async fn raw(
     expected: u64,
     bar: &ProgressBar,
 ) -> Result<f64, BenchError> {
-    let consumer: StreamConsumer = kafka.consumer_config(group).create().map_err(kafka_err)?;
-    consumer.subscribe(&[topic]).map_err(kafka_err)?;
+    let consumer = kafka.subscribe(topic, group)?;
     let mut next = [0i64; PARTITIONS as usize];
     let mut received = 0u64;
     let mut started = None;
     let mut progress = Progress::new();
     while received < expected {
-        let message = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            Ok(message) => message.map_err(kafka_err)?,
-            Err(_) => {
-                progress.check(received, expected, Mode::Raw, "-")?;
-                continue;
-            }
-        };
+        let message = progress
+            .next_message(&consumer, received, expected, Mode::Raw, "-")
+            .await?;
         started.get_or_insert_with(Instant::now);
         let slot = usize::try_from(message.partition())
             .ok()
@@ -896,21 +915,16 @@ async fn naive(
     expected: u64,
     bar: &ProgressBar,
 ) -> Result<f64, BenchError> {
-    let consumer: StreamConsumer = kafka.consumer_config(group).create().map_err(kafka_err)?;
-    consumer.subscribe(&[topic]).map_err(kafka_err)?;
+    let consumer = kafka.subscribe(topic, group)?;
     let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
     let mut conn = pooled.conn();
     let mut done = 0u64;
     let mut started = None;
     let mut progress = Progress::new();
     while done < expected {
-        let message = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            Ok(message) => message.map_err(kafka_err)?,
-            Err(_) => {
-                progress.check(done, expected, Mode::Naive, &db.label)?;
-                continue;
-            }
-        };
+        let message = progress
+            .next_message(&consumer, done, expected, Mode::Naive, &db.label)
+            .await?;
         started.get_or_insert_with(Instant::now);
         let bytes = message.payload().unwrap_or_default();
         let sum = checksum(bytes);
