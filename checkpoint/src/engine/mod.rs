@@ -64,8 +64,10 @@ impl Default for Backoff {
 /// The result of [`Engine::check_ahead`]: which keys of a run of messages are stored.
 #[derive(Debug, Default)]
 pub struct CheckedAhead {
-    /// `(topic, dedup key)` of the stored events.
-    stored: HashSet<(String, String)>,
+    /// The topic of the checked run.
+    topic: String,
+    /// Dedup keys of the run's stored events.
+    stored: HashSet<String>,
     /// The check's time per message.
     share: Duration,
 }
@@ -282,7 +284,8 @@ impl Engine {
         self.around(&attempt, RetryMode::Decide).await
     }
 
-    /// The duplicate check of a run of messages of one topic and partition, ahead of
+    /// The duplicate check of a run of messages of one topic and partition (the first message's
+    /// topic), ahead of
     /// processing them one by one with [`Engine::process_checked`]: one query instead of one
     /// per message. Each message is still consumed, stored and settled on its own.
     pub async fn check_ahead(
@@ -292,30 +295,20 @@ impl Engine {
         origin: &Origin,
     ) -> Result<CheckedAhead, EngineError> {
         let started = Instant::now();
+        let Some(first) = messages.first() else {
+            return Ok(CheckedAhead::default());
+        };
         let keys: Vec<String> = messages
             .iter()
             .map(|m| Self::dedup_key(handler, m))
             .collect();
-        let mut stored = HashSet::new();
-        let mut by_topic: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-        by_topic.sort_unstable();
-        by_topic.dedup();
-        for topic in by_topic {
-            let of_topic: Vec<&str> = messages
-                .iter()
-                .zip(&keys)
-                .filter(|(m, _)| m.topic == topic)
-                .map(|(_, k)| k.as_str())
-                .collect();
-            stored.extend(
-                self.store
-                    .existing_checksums(topic, &origin.group_id, &of_topic)
-                    .await?
-                    .into_iter()
-                    .map(|checksum| (topic.to_owned(), checksum)),
-            );
-        }
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let stored = self
+            .store
+            .existing_checksums(&first.topic, &origin.group_id, &refs)
+            .await?;
         Ok(CheckedAhead {
+            topic: first.topic.clone(),
             stored,
             share: started.elapsed() / u32::try_from(messages.len().max(1)).unwrap_or(u32::MAX),
         })
@@ -336,8 +329,9 @@ impl Engine {
     ) -> Result<Disposition, EngineError> {
         let attempt = self.attempt(handler, message, origin, retry_count);
         let started = Instant::now();
-        let key = (message.topic.clone(), attempt.metadata.checksum.clone());
-        let exists = ahead.stored.contains(&key);
+        // A message of another topic than the checked run's is checked by its own insert.
+        let exists =
+            message.topic == ahead.topic && ahead.stored.contains(&attempt.metadata.checksum);
         self.fire(
             Notification::EventAlreadyExistsCheck,
             &attempt,
@@ -349,8 +343,10 @@ impl Engine {
             &attempt,
             Some(started.elapsed() + ahead.share),
         );
-        if let Ok(Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed) = &result {
-            ahead.stored.insert(key);
+        if let Ok(Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed) = &result
+            && message.topic == ahead.topic
+        {
+            ahead.stored.insert(attempt.metadata.checksum.clone());
         }
         result
     }
