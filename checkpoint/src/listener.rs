@@ -49,6 +49,9 @@ const HOLD_BACK_MAX: Duration = Duration::from_secs(1);
 /// Queued messages of a partition whose duplicate check is done in one query (per-message
 /// mode).
 const CHECK_AHEAD: usize = 500;
+/// Batches a partition's worker takes in one turn (batch mode) when enough are queued: the
+/// duplicate check of each next batch overlaps the database work of the one before.
+const TURN_BATCHES: usize = 4;
 
 /// What a listener consumes and how.
 #[derive(Clone)]
@@ -637,26 +640,15 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
                 } else {
                     CHECK_AHEAD
                 };
-                let mut batch = vec![message];
-                while batch.len() < window {
-                    match inbox.try_recv() {
-                        Ok(message) => batch.push(message),
-                        Err(_) => break,
-                    }
-                }
-                let left = flow.depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
-                flow.changed.notify_one();
-                if left <= RESUME_AT && flow.paused.swap(false, Ordering::SeqCst) {
-                    set_paused(&shared.consumer, &shared.spec.topic, partition, false);
-                }
+                let run = take_queued(&shared, partition, &mut inbox, &flow, Some(message), window);
                 if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
                     // Not ours any more, or shutting down: leave it to the next owner.
                     break;
                 }
                 let done = if shared.spec.batch_size > 1 {
-                    settle_batch(&shared, batch, &revoked, &flow).await
+                    settle_batches(&shared, partition, &mut inbox, run, &revoked, &flow).await
                 } else {
-                    settle_run(&shared, &batch, &revoked, &flow).await
+                    settle_run(&shared, &run, &revoked, &flow).await
                 };
                 if !done {
                     break;
@@ -670,6 +662,32 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
         revoked,
         task,
     }
+}
+
+/// Takes `first` (already received from `inbox`) and what else is queued for `partition`, up
+/// to `window` messages, and resumes the partition once few enough are left queued.
+fn take_queued(
+    shared: &Shared,
+    partition: i32,
+    inbox: &mut mpsc::UnboundedReceiver<Message>,
+    flow: &Flow,
+    first: Option<Message>,
+    window: usize,
+) -> Vec<Message> {
+    let mut run: Vec<Message> = first.into_iter().collect();
+    while run.len() < window {
+        match inbox.try_recv() {
+            Ok(message) => run.push(message),
+            Err(_) => break,
+        }
+    }
+    let taken = run.len();
+    let left = flow.depth.fetch_sub(taken, Ordering::SeqCst) - taken;
+    flow.changed.notify_one();
+    if left <= RESUME_AT && flow.paused.swap(false, Ordering::SeqCst) {
+        set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+    }
+    run
 }
 
 /// Per-message mode over a run of queued messages: one duplicate check for the run, then each
@@ -790,25 +808,75 @@ fn store_offset(shared: &Shared, message: &Message) {
     }
 }
 
-/// Takes a batch until every message in it is settled, storing offsets as prefixes settle.
-/// False when abandoned (shutdown or revoke during a backoff).
-async fn settle_batch(
+/// Batch mode: takes `first`, then up to `TURN_BATCHES - 1` further batches queued meanwhile,
+/// each until it is settled. The duplicate check of each next batch runs while the one before
+/// is processed. False when abandoned (shutdown or revoke).
+async fn settle_batches(
     shared: &Shared,
-    mut batch: Vec<Message>,
+    partition: i32,
+    inbox: &mut mpsc::UnboundedReceiver<Message>,
+    first: Vec<Message>,
     revoked: &AtomicBool,
     flow: &Flow,
 ) -> bool {
+    let mut batch = first;
+    let mut ahead = None;
+    for turn in 1..=TURN_BATCHES {
+        let next = if turn < TURN_BATCHES {
+            take_queued(shared, partition, inbox, flow, None, shared.spec.batch_size)
+        } else {
+            Vec::new()
+        };
+        let BatchEnd::Settled(checked) =
+            settle_batch(shared, batch, ahead, &next, revoked, flow).await
+        else {
+            return false;
+        };
+        if next.is_empty() {
+            return true;
+        }
+        if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
+            // Taken but not processed: redelivered to the next owner.
+            return false;
+        }
+        ahead = checked;
+        batch = next;
+    }
+    true
+}
+
+/// How [`settle_batch`] ended.
+enum BatchEnd {
+    /// Every message is settled; the duplicate check of the next batch, when it was made.
+    Settled(Option<CheckedAhead>),
+    /// Shutdown or revoke during a backoff: the rest of the batch stays uncommitted.
+    Abandoned,
+}
+
+/// Takes a batch until every message in it is settled, storing offsets as prefixes settle.
+/// `ahead` is its duplicate check when made already; `next`'s is made meanwhile.
+async fn settle_batch(
+    shared: &Shared,
+    mut batch: Vec<Message>,
+    mut ahead: Option<CheckedAhead>,
+    next: &[Message],
+    revoked: &AtomicBool,
+    flow: &Flow,
+) -> BatchEnd {
     let mut retry_count = 0;
     let mut outages = 0;
     let mut stopping = shared.stopping.clone();
     while !batch.is_empty() {
         let delay = match shared
             .engine
-            .process_batch(
+            .process_batch_checked(
                 shared.spec.handler.as_ref(),
                 &batch,
                 &shared.origin,
                 retry_count,
+                // Only the first attempt: a retry checks again what is left.
+                ahead.take(),
+                next,
             )
             .await
         {
@@ -822,7 +890,7 @@ async fn settle_batch(
                 }
                 batch.drain(..done);
                 let Some(error) = outcome.retry else {
-                    return true;
+                    return BatchEnd::Settled(outcome.next_checked);
                 };
                 shared.stats.retries.fetch_add(1, Ordering::Relaxed);
                 // The failing message is now first; it has failed once more.
@@ -841,14 +909,11 @@ async fn settle_batch(
                 Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).delay(outages - 1)
             }
         };
-        if !back_off(flow, delay, &mut stopping).await {
-            return false;
-        }
-        if revoked.load(Ordering::SeqCst) {
-            return false;
+        if !back_off(flow, delay, &mut stopping).await || revoked.load(Ordering::SeqCst) {
+            return BatchEnd::Abandoned;
         }
     }
-    true
+    BatchEnd::Settled(None)
 }
 
 /// Seeks nothing, commits nothing: reads the committed offset of every partition of `topic`

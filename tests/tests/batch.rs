@@ -148,8 +148,86 @@ async fn a_retryable_failure_ends_the_batch_after_what_came_before(db: TestDb) {
     db.cleanup().await;
 }
 
+/// Consecutive batches: the duplicate check of the next batch runs while this one is
+/// processed, and still counts what this one stores after the check.
+async fn the_next_batch_is_checked_while_this_one_runs(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    for transactional in [false, true] {
+        let group = if transactional { "tx" } else { "plain" };
+        let origin = Origin::new(group);
+        engine
+            .process(
+                &Scripted::new(Step::Ack),
+                &Message::new("orders", 0, 1, "old"),
+                &origin,
+                0,
+            )
+            .await
+            .expect("old");
+        // Slow enough that the next batch's check is done before "a" is stored.
+        let mut handler = Scripted::new(Step::Ack)
+            .script(&[Step::Ack, Step::Skip])
+            .with_delay(std::time::Duration::from_millis(150));
+        if transactional {
+            handler = handler.transactional();
+        }
+        let first = batch(&["a", "s"]);
+        let next: Vec<Message> = ["a", "old", "s", "n"]
+            .iter()
+            .zip(20..)
+            .map(|(p, offset)| Message::new("orders", 0, offset, *p))
+            .collect();
+        let outcome = engine
+            .process_batch_checked(&handler, &first, &origin, 0, None, &next)
+            .await
+            .expect("first batch");
+        assert_eq!(kinds(&outcome.settled), ["ack", "skip"], "{group}");
+        let checked = outcome.next_checked.expect("the next batch was checked");
+        let outcome = engine
+            .process_batch_checked(&handler, &next, &origin, 0, Some(checked), &[])
+            .await
+            .expect("next batch");
+        assert_eq!(
+            kinds(&outcome.settled),
+            ["duplicate", "duplicate", "ack", "ack"],
+            "{group}: \"a\" was stored after the check, \"s\" was skipped, not stored"
+        );
+        assert!(outcome.next_checked.is_none(), "{group}: no next batch");
+        assert_eq!(handler.calls(), 4, "{group}: a, s, s, n");
+    }
+    assert_eq!(db.event_count().await, 8, "old, a, s, n in each group");
+    assert_eq!(
+        db.total_side_effects().await,
+        3,
+        "transactional: a, s (acked the second time), n"
+    );
+
+    // A batch that ends in a retry hands no check on: the messages after the failing one may
+    // still store keys the check does not know.
+    let origin = Origin::new("retry");
+    let handler = Scripted::new(Step::Ack)
+        .script(&[Step::Fail])
+        .max_retries(Some(3));
+    let outcome = engine
+        .process_batch_checked(
+            &handler,
+            &batch(&["r1", "r2"]),
+            &origin,
+            0,
+            None,
+            &batch(&["r2"]),
+        )
+        .await
+        .expect("batch");
+    assert!(outcome.retry.is_some());
+    assert!(outcome.next_checked.is_none());
+    db.cleanup().await;
+}
+
 on_every_backend!(
     per_message_batches,
     transactional_batches,
     a_retryable_failure_ends_the_batch_after_what_came_before,
+    the_next_batch_is_checked_while_this_one_runs,
 );

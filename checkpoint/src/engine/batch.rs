@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::{AckFields, Attempt, Disposition, Engine, EngineError, RetryMode, abandon};
+use super::{
+    AckFields, Attempt, CheckedAhead, Disposition, Engine, EngineError, RetryMode, abandon,
+};
 use crate::handler::{Handler, HandlerError, Outcome};
 use crate::instrument::Notification;
 use crate::message::{Message, Origin};
@@ -22,6 +24,11 @@ pub struct BatchOutcome {
     /// Set when message `settled.len()` failed and may be retried (with `retry_count + 1`);
     /// the messages after it were not processed.
     pub retry: Option<HandlerError>,
+    /// The duplicate check of the `next` messages given to [`Engine::process_batch_checked`],
+    /// with this batch's stored keys added; `None` when none were given, when the check
+    /// failed, or when this batch ends in a retry (its remaining messages may still store
+    /// keys the check does not know).
+    pub next_checked: Option<CheckedAhead>,
 }
 
 impl Engine {
@@ -34,36 +41,95 @@ impl Engine {
         origin: &Origin,
         retry_count: u32,
     ) -> Result<BatchOutcome, EngineError> {
+        self.process_batch_checked(handler, messages, origin, retry_count, None, &[])
+            .await
+    }
+
+    /// [`Engine::process_batch`] for consecutive batches of one partition, overlapping the
+    /// database work of one batch with the duplicate check of the next:
+    /// - `ahead`, when given, is the duplicate check of `messages` (the previous call's
+    ///   [`BatchOutcome::next_checked`]), so this batch makes no check of its own;
+    /// - the duplicate check of `next` (the messages of the caller's next call) runs on a
+    ///   second connection while this batch is processed, and comes back in
+    ///   [`BatchOutcome::next_checked`] with the keys this batch stored added to it.
+    ///
+    /// Nothing else may store events of this topic and consumer group between the two calls
+    /// (the listener holds its concurrency permit across them); a key stored by someone else
+    /// after a check is still caught by the insert's conflict handling or the claim.
+    pub async fn process_batch_checked(
+        &self,
+        handler: &dyn Handler,
+        messages: &[Message],
+        origin: &Origin,
+        retry_count: u32,
+        ahead: Option<CheckedAhead>,
+        next: &[Message],
+    ) -> Result<BatchOutcome, EngineError> {
         let attempts: Vec<Attempt<'_>> = messages
             .iter()
             .enumerate()
             .map(|(i, m)| self.attempt(handler, m, origin, if i == 0 { retry_count } else { 0 }))
             .collect();
-        let started = Instant::now();
-        let result = if handler.transactional() {
-            self.transactional_batch(&attempts).await
-        } else {
-            self.per_message_batch(&attempts).await
+        let work = async {
+            let started = Instant::now();
+            let existing = self.batch_existing(&attempts, ahead).await?;
+            let outcome = if handler.transactional() {
+                self.transactional_batch(&attempts, &existing).await
+            } else {
+                self.per_message_batch(&attempts, existing).await
+            };
+            outcome.map(|outcome| (outcome, started.elapsed()))
         };
-        if let Ok(outcome) = &result {
-            // around_consume of every message the batch took through the algorithm.
-            let processed = outcome.settled.len() + usize::from(outcome.retry.is_some());
-            let share = started.elapsed() / u32::try_from(processed.max(1)).unwrap_or(u32::MAX);
-            for attempt in &attempts[..processed] {
-                self.fire(Notification::AroundConsume, attempt, Some(share));
+        let check_next = async {
+            if next.is_empty() {
+                return None;
             }
+            // A failed check is made again by the next batch itself.
+            self.check_ahead(handler, next, origin).await.ok()
+        };
+        let (result, next_checked) = tokio::join!(work, check_next);
+        let (mut outcome, elapsed) = result?;
+        // around_consume of every message the batch took through the algorithm.
+        let processed = outcome.settled.len() + usize::from(outcome.retry.is_some());
+        let share = per_message(elapsed, processed);
+        for attempt in &attempts[..processed] {
+            self.fire(Notification::AroundConsume, attempt, Some(share));
         }
-        result
+        if outcome.retry.is_none() {
+            outcome.next_checked = next_checked.map(|mut checked| {
+                for (attempt, disposition) in attempts.iter().zip(&outcome.settled) {
+                    if matches!(
+                        disposition,
+                        Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed
+                    ) {
+                        checked.add_stored(&attempt.message.topic, &attempt.metadata.checksum);
+                    }
+                }
+                checked
+            });
+        }
+        Ok(outcome)
     }
 
-    /// The batch's duplicate check: one query for every key.
+    /// The batch's duplicate check: `ahead` when given, else one query for every key.
     async fn batch_existing(
         &self,
         attempts: &[Attempt<'_>],
+        ahead: Option<CheckedAhead>,
     ) -> Result<HashSet<String>, EngineError> {
         let Some(first) = attempts.first() else {
             return Ok(HashSet::new());
         };
+        if let Some(ahead) = ahead.filter(|a| a.topic == first.message.topic) {
+            for attempt in attempts {
+                self.fire(
+                    Notification::EventAlreadyExistsCheck,
+                    attempt,
+                    Some(ahead.share),
+                );
+            }
+            return Ok(ahead.stored);
+        }
         let started = Instant::now();
         let keys: Vec<&str> = attempts
             .iter()
@@ -83,8 +149,8 @@ impl Engine {
     async fn per_message_batch(
         &self,
         attempts: &[Attempt<'_>],
+        mut seen: HashSet<String>,
     ) -> Result<BatchOutcome, EngineError> {
-        let mut seen = self.batch_existing(attempts).await?;
         let mut settled: Vec<Option<Disposition>> = Vec::with_capacity(attempts.len());
         let mut acked: Vec<(usize, AckFields)> = Vec::new();
         let mut retry = None;
@@ -134,18 +200,19 @@ impl Engine {
         Ok(BatchOutcome {
             settled: settled.into_iter().flatten().collect(),
             retry,
+            next_checked: None,
         })
     }
 
     async fn transactional_batch(
         &self,
         attempts: &[Attempt<'_>],
+        existing: &HashSet<String>,
     ) -> Result<BatchOutcome, EngineError> {
-        let existing = self.batch_existing(attempts).await?;
         let mut pooled = self.store.conn().await?;
         let mut conn = pooled.conn();
         conn.begin().await?;
-        match self.claim_and_consume(&mut conn, attempts, &existing).await {
+        match self.claim_and_consume(&mut conn, attempts, existing).await {
             Ok(outcome) => {
                 if let Err(error) = conn.commit().await {
                     return Err(abandon(&mut conn, error).await);
@@ -233,7 +300,11 @@ impl Engine {
                 }
             }
         }
-        Ok(BatchOutcome { settled, retry })
+        Ok(BatchOutcome {
+            settled,
+            retry,
+            next_checked: None,
+        })
     }
 }
 

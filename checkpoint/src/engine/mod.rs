@@ -72,6 +72,16 @@ pub struct CheckedAhead {
     share: Duration,
 }
 
+impl CheckedAhead {
+    /// Records `checksum` as stored (a message settled after the check); a key of another
+    /// topic than the checked one is left to its own check.
+    fn add_stored(&mut self, topic: &str, checksum: &str) {
+        if topic == self.topic {
+            self.stored.insert(checksum.to_owned());
+        }
+    }
+}
+
 /// How one delivery attempt of a message ended.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -343,10 +353,8 @@ impl Engine {
             &attempt,
             Some(started.elapsed() + ahead.share),
         );
-        if let Ok(Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed) = &result
-            && message.topic == ahead.topic
-        {
-            ahead.stored.insert(attempt.metadata.checksum.clone());
+        if let Ok(Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed) = &result {
+            ahead.add_stored(&message.topic, &attempt.metadata.checksum);
         }
         result
     }
