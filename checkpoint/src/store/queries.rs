@@ -155,8 +155,9 @@ fn postgres_unnest_insert<'a>(
          checksum, entity_id, event_time, event_type, event_version, payload, created_at) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::bytea[], \
          $6::text[], $7::text[], $8::timestamp[], $9::text[], $10::text[], $11::bytea[], \
-         $12::timestamp[]) ON CONFLICT DO NOTHING RETURNING topic, group_id, checksum",
+         $12::timestamp[]) ON CONFLICT DO NOTHING",
     )
+    .sql(RETURN_KEYS)
     .into_boxed::<diesel::pg::Pg>()
     .bind::<Array<Text>, _>(column(rows, |r| r.topic))
     .bind::<Array<Text>, _>(column(rows, |r| r.group_id))
@@ -172,10 +173,16 @@ fn postgres_unnest_insert<'a>(
     .bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.created_at))
 }
 
+/// The `RETURNING` clause that reports the dedup key of every row an insert stored.
+const RETURN_KEYS: &str = " RETURNING topic, group_id, checksum";
+
 /// `INSERT INTO checkpoint_events (…) VALUES (…), (…) ON CONFLICT DO NOTHING` for SQLite, with
-/// every value bound.
+/// every value bound, followed by `returning` (empty, or [`RETURN_KEYS`]). One statement in
+/// autocommit mode is atomic by itself; inside a transaction SQLite also journals every page it
+/// touches, so that it can undo the one statement.
 fn sqlite_multi_insert<'a>(
     rows: &'a [NewEvent<'a>],
+    returning: &str,
 ) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::sqlite::Sqlite, diesel::query_builder::SqlQuery>
 {
     use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text, Timestamp};
@@ -188,6 +195,7 @@ fn sqlite_multi_insert<'a>(
         sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     }
     sql.push_str(" ON CONFLICT DO NOTHING");
+    sql.push_str(returning);
     let mut query = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
     for row in rows {
         query = query
@@ -298,30 +306,32 @@ impl Conn<'_> {
 
     /// Inserts many events, skipping stored dedup keys; returns, per row, whether this call
     /// inserted it (a key repeated inside `rows` is inserted once, for its first row). One
-    /// statement per 1,000 rows on every backend (see `insert_events_counted` for SQLite and
-    /// MySQL).
+    /// statement per 1,000 rows, reporting the keys it stored (`RETURNING`), on PostgreSQL and
+    /// SQLite; on MySQL see `insert_events_counted`.
     pub async fn insert_events(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
         for row in rows {
             validate_event(row)?;
         }
-        let Conn::Postgres(c) = self else {
-            return self.insert_events_counted(rows).await;
-        };
-        let mut returned: Vec<(String, String, String)> = Vec::with_capacity(rows.len());
+        let mut returned: Vec<StoredKey> = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
-            match postgres_unnest_insert(chunk)
-                .get_results::<StoredKey>(&mut **c)
-                .await
-            {
-                Ok(keys) => {
-                    returned.extend(keys.into_iter().map(|k| (k.topic, k.group_id, k.checksum)))
+            let keys = match self {
+                Conn::Postgres(c) => {
+                    postgres_unnest_insert(chunk)
+                        .get_results::<StoredKey>(&mut **c)
+                        .await
                 }
-                Err(e) => return Err(self.query_error(e)),
-            }
+                Conn::Sqlite(c) => {
+                    sqlite_multi_insert(chunk, RETURN_KEYS)
+                        .load::<StoredKey>(&mut **c)
+                        .await
+                }
+                Conn::Mysql(_) => return self.insert_events_counted(rows).await,
+            };
+            returned.extend(keys.map_err(|e| self.query_error(e))?);
         }
         let mut inserted: HashSet<(&str, &str, &str)> = returned
             .iter()
-            .map(|(t, g, c)| (t.as_str(), g.as_str(), c.as_str()))
+            .map(|k| (k.topic.as_str(), k.group_id.as_str(), k.checksum.as_str()))
             .collect();
         Ok(rows
             .iter()
@@ -329,11 +339,11 @@ impl Conn<'_> {
             .collect())
     }
 
-    /// SQLite and MySQL: neither can report per row which rows a multi-row insert took (MySQL
-    /// has no RETURNING; diesel's SQLite driver cannot combine it with a multi-row INSERT). So
-    /// each chunk is inserted in one statement inside a savepoint; when the affected-row count
-    /// says every row went in, that is the answer. Otherwise (a stored or repeated key) the
-    /// savepoint is rolled back and the chunk goes row by row, which tells exactly.
+    /// MySQL cannot report per row which rows a multi-row insert took (it has no RETURNING). So
+    /// each chunk is inserted in one statement inside a transaction (a savepoint when one is
+    /// open already); when the affected-row count says every row went in, that is the answer.
+    /// Otherwise (a stored or repeated key) it is rolled back and the chunk goes row by row, in
+    /// a transaction of its own, which tells exactly.
     async fn insert_events_counted(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
@@ -357,9 +367,17 @@ impl Conn<'_> {
                     }
                 }
             }
+            self.begin().await?;
             for row in chunk {
-                out.push(self.insert_event(row).await?);
+                match self.insert_event(row).await {
+                    Ok(inserted) => out.push(inserted),
+                    Err(error) => {
+                        let _ = self.rollback().await;
+                        return Err(error);
+                    }
+                }
             }
+            self.commit().await?;
         }
         Ok(out)
     }
@@ -382,7 +400,7 @@ impl Conn<'_> {
                 }
                 // diesel's multi-row INSERT for SQLite lives on the synchronous connection only;
                 // the same statement, spelled out, runs on the async wrapper.
-                Conn::Sqlite(c) => sqlite_multi_insert(chunk).execute(&mut **c).await,
+                Conn::Sqlite(c) => sqlite_multi_insert(chunk, "").execute(&mut **c).await,
                 Conn::Mysql(c) => {
                     diesel::insert_or_ignore_into(ev::table)
                         .values(chunk)
@@ -589,12 +607,14 @@ impl Store {
         self.conn().await?.conn().insert_event(row).await
     }
 
-    /// See [`Conn::insert_events`]; runs in one transaction (on PostgreSQL, up to 1,000 rows
-    /// are one statement, which needs none).
+    /// See [`Conn::insert_events`]; runs in one transaction. Up to 1,000 rows are one chunk,
+    /// which is atomic by itself: one statement on PostgreSQL, its own transaction on SQLite and
+    /// MySQL (no savepoint inside an outer one, which would make SQLite copy every page the
+    /// insert touches into its statement journal).
     pub async fn insert_events(&self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
         let mut pooled = self.conn().await?;
         let mut conn = pooled.conn();
-        if matches!(conn, Conn::Postgres(_)) && rows.len() <= INSERT_CHUNK {
+        if rows.len() <= INSERT_CHUNK {
             return conn.insert_events(rows).await;
         }
         conn.begin().await?;
