@@ -26,8 +26,8 @@ use crate::message::checksum;
 use crate::store::schema::checkpoint_events;
 use crate::store::{Backend, DedupKey, NewEvent, Store, StoreError, StoreOptions};
 
-/// Partitions of the benchmark topic.
-pub const PARTITIONS: i32 = 3;
+/// Partitions of the benchmark topic unless told otherwise.
+pub const DEFAULT_PARTITIONS: i32 = 3;
 
 /// The librdkafka consumer settings every Kafka mode runs with. They decide fetch pacing: with
 /// librdkafka's defaults the 1 s `fetch.queue.backoff.ms` dominates and the numbers mean
@@ -122,6 +122,14 @@ pub struct BenchOptions {
     pub modes: Vec<Mode>,
     /// An external Kafka (`host:port,…`) instead of the embedded mock cluster.
     pub brokers: Option<String>,
+    /// Runs the mock cluster in a child process started from this executable (as
+    /// `<exe> bench-broker --topic T --partitions N`, see [`serve_broker`]) instead of in this
+    /// process, so that its log of the produced messages is not counted in this process's
+    /// memory. `None`: in this process.
+    pub broker_exe: Option<std::path::PathBuf>,
+    /// Partitions of the benchmark topic. The mock cluster keeps about 5 MiB of compressed
+    /// messages (about 120,000 of these) per partition.
+    pub partitions: i32,
     /// Messages per batch in `batch` mode.
     pub batch_size: usize,
     /// Draw a progress bar on stderr.
@@ -135,6 +143,8 @@ impl Default for BenchOptions {
             databases: Vec::new(),
             modes: Vec::new(),
             brokers: None,
+            broker_exe: None,
+            partitions: DEFAULT_PARTITIONS,
             batch_size: 500,
             progress: false,
         }
@@ -153,6 +163,9 @@ pub enum BenchError {
     /// Nothing to measure.
     #[error("--messages must be at least 1")]
     NoMessages,
+    /// A topic needs a partition.
+    #[error("--partitions must be at least 1 (got {0})")]
+    NoPartitions(i32),
     /// A database failed.
     #[error("{database}: {source}")]
     Store {
@@ -169,7 +182,7 @@ pub enum BenchError {
     /// 5 MiB per partition): the figures would be meaningless.
     #[error(
         "the broker holds {held} of the {produced} produced messages (offsets before {first:?} \
-         were dropped); use fewer --messages or an external --brokers"
+         were dropped); use fewer --messages, more --partitions or an external --brokers"
     )]
     BrokerDropped {
         /// Messages produced.
@@ -237,6 +250,8 @@ pub struct BenchReport {
     pub messages: u64,
     /// Kafka: `embedded mock cluster` or the brokers given.
     pub kafka: String,
+    /// Partitions of the benchmark topic.
+    pub partitions: i32,
     /// Messages per batch in `batch` mode.
     pub batch_size: usize,
     /// Logical CPUs of this machine.
@@ -343,11 +358,80 @@ fn effects_ddl(backend: Backend) -> &'static str {
     }
 }
 
-/// Kafka for one run: the embedded cluster (kept alive here) or external brokers.
+/// Kafka for one run: the mock cluster (kept alive here or in a child process) or external
+/// brokers.
 struct Kafka {
     _cluster: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    _process: Option<BrokerProcess>,
     servers: String,
     label: String,
+    partitions: i32,
+}
+
+/// The child process of [`BenchOptions::broker_exe`]; killed when dropped.
+struct BrokerProcess(std::process::Child);
+
+impl BrokerProcess {
+    /// Starts `exe bench-broker` and reads the bootstrap servers it prints.
+    fn start(
+        exe: &std::path::Path,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(Self, String), BenchError> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let child = Command::new(exe)
+            .args(["bench-broker", "--topic", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                kafka_err(format!(
+                    "cannot start the broker process {}: {e}",
+                    exe.display()
+                ))
+            })?;
+        let mut process = Self(child);
+        let mut line = String::new();
+        if let Some(stdout) = process.0.stdout.take() {
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map_err(kafka_err)?;
+        }
+        let servers = line.trim().to_owned();
+        if servers.is_empty() {
+            return Err(kafka_err(
+                "the broker process exited without a bootstrap address",
+            ));
+        }
+        Ok((process, servers))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child side of [`BenchOptions::broker_exe`]: runs a mock cluster holding `topic` with
+/// `partitions` partitions, prints its bootstrap servers on one line of stdout, and serves
+/// until stdin closes (the parent exited or stopped it).
+pub fn serve_broker(topic: &str, partitions: i32) -> Result<(), BenchError> {
+    use std::io::{Read, Write};
+    let cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext> =
+        MockCluster::new(1).map_err(kafka_err)?;
+    cluster
+        .create_topic(topic, partitions, 1)
+        .map_err(kafka_err)?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", cluster.bootstrap_servers()).map_err(kafka_err)?;
+    stdout.flush().map_err(kafka_err)?;
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    Ok(())
 }
 
 fn kafka_err(error: impl std::fmt::Display) -> BenchError {
@@ -355,20 +439,33 @@ fn kafka_err(error: impl std::fmt::Display) -> BenchError {
 }
 
 impl Kafka {
-    async fn start(brokers: Option<&str>, topic: &str) -> Result<Self, BenchError> {
-        match brokers {
-            None => {
+    async fn start(options: &BenchOptions, topic: &str) -> Result<Self, BenchError> {
+        let partitions = options.partitions;
+        match (options.brokers.as_deref(), options.broker_exe.as_deref()) {
+            (None, Some(exe)) => {
+                let (process, servers) = BrokerProcess::start(exe, topic, partitions)?;
+                Ok(Self {
+                    _cluster: None,
+                    _process: Some(process),
+                    servers,
+                    label: "mock cluster (librdkafka) in a child process".into(),
+                    partitions,
+                })
+            }
+            (None, None) => {
                 let cluster = MockCluster::new(1).map_err(kafka_err)?;
                 cluster
-                    .create_topic(topic, PARTITIONS, 1)
+                    .create_topic(topic, partitions, 1)
                     .map_err(kafka_err)?;
                 Ok(Self {
                     servers: cluster.bootstrap_servers(),
                     _cluster: Some(cluster),
+                    _process: None,
                     label: "embedded mock cluster (librdkafka)".into(),
+                    partitions,
                 })
             }
-            Some(servers) => {
+            (Some(servers), _) => {
                 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
                 let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
                     .set("bootstrap.servers", servers)
@@ -376,7 +473,7 @@ impl Kafka {
                     .map_err(kafka_err)?;
                 let created = admin
                     .create_topics(
-                        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+                        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
                         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
                     )
                     .await
@@ -386,8 +483,10 @@ impl Kafka {
                 }
                 Ok(Self {
                     _cluster: None,
+                    _process: None,
                     servers: servers.to_owned(),
                     label: servers.to_owned(),
+                    partitions,
                 })
             }
         }
@@ -432,7 +531,7 @@ async fn produce(
     for i in 0..count {
         let key = format!("order-{i}");
         let body = payload(run, i);
-        let partition = i32::try_from(i % PARTITIONS as usize).unwrap_or(0);
+        let partition = i32::try_from(i % partition_count(kafka.partitions)).unwrap_or(0);
         let record = FutureRecord::to(topic)
             .partition(partition)
             .key(&key)
@@ -474,7 +573,7 @@ fn check_held(kafka: &Kafka, topic: &str, produced: u64) -> Result<(), BenchErro
         .map_err(kafka_err)?;
     let mut held = 0;
     let mut first = Vec::new();
-    for partition in 0..PARTITIONS {
+    for partition in 0..kafka.partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, Duration::from_secs(10))
             .map_err(kafka_err)?;
@@ -622,10 +721,18 @@ struct Measured {
     peak_rss: Option<u64>,
 }
 
+/// Partitions as a count (at least 1).
+fn partition_count(partitions: i32) -> usize {
+    usize::try_from(partitions).unwrap_or(1).max(1)
+}
+
 /// Runs the benchmark and returns its report; any lost or duplicated message is an error.
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     if options.messages == 0 {
         return Err(BenchError::NoMessages);
+    }
+    if options.partitions < 1 {
+        return Err(BenchError::NoPartitions(options.partitions));
     }
     let modes: Vec<Mode> = if options.modes.is_empty() {
         Mode::ALL.to_vec()
@@ -666,6 +773,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     Ok(BenchReport {
         messages: u64::try_from(options.messages).unwrap_or(u64::MAX),
         kafka,
+        partitions: options.partitions,
         batch_size: options.batch_size.max(1),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         memory_bytes: memory_total(),
@@ -705,7 +813,7 @@ async fn measure(
     let topic = format!("checkpoint-bench-{run_id}");
     let needs_kafka = modes.iter().any(|m| *m != Mode::DbCeiling);
     let kafka = if needs_kafka {
-        let kafka = Kafka::start(options.brokers.as_deref(), &topic).await?;
+        let kafka = Kafka::start(options, &topic).await?;
         let bar = bar(options.progress, expected, "produce");
         produce(&kafka, &topic, run_id, n, &bar).await?;
         bar.finish_and_clear();
@@ -730,7 +838,9 @@ async fn measure(
             let group = group_of(run_id, mode, index);
             reset_peak_rss();
             let seconds = match (mode, db, &kafka) {
-                (Mode::DbCeiling, Some(db), _) => db_ceiling(db, &group, run_id, n, &bar).await?,
+                (Mode::DbCeiling, Some(db), _) => {
+                    db_ceiling(db, &group, run_id, n, options.partitions, &bar).await?
+                }
                 (Mode::Raw, _, Some(kafka)) => raw(kafka, &topic, &group, expected, &bar).await?,
                 (Mode::Naive, Some(db), Some(kafka)) => {
                     naive(kafka, db, &topic, &group, expected, &bar).await?
@@ -871,7 +981,7 @@ async fn raw(
     bar: &ProgressBar,
 ) -> Result<f64, BenchError> {
     let consumer = kafka.subscribe(topic, group)?;
-    let mut next = [0i64; PARTITIONS as usize];
+    let mut next = vec![0i64; partition_count(kafka.partitions)];
     let mut received = 0u64;
     let mut started = None;
     let mut progress = Progress::new();
@@ -1041,8 +1151,10 @@ async fn db_ceiling(
     group: &str,
     run_id: &str,
     n: usize,
+    partitions: i32,
     bar: &ProgressBar,
 ) -> Result<f64, BenchError> {
+    let partitions = partition_count(partitions);
     let topic = format!("checkpoint-bench-{run_id}");
     let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
     let mut conn = pooled.conn();
@@ -1072,8 +1184,8 @@ async fn db_ceiling(
             .map(|(((key, sum, body), order), i)| NewEvent {
                 topic: &topic,
                 group_id: group,
-                partition: i32::try_from(i % PARTITIONS as usize).unwrap_or(0),
-                offset: i64::try_from(i / PARTITIONS as usize).unwrap_or(0),
+                partition: i32::try_from(i % partitions).unwrap_or(0),
+                offset: i64::try_from(i / partitions).unwrap_or(0),
                 key: Some(key.as_bytes()),
                 checksum: sum,
                 entity_id: Some(&order.id),
@@ -1114,8 +1226,8 @@ pub fn render(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "checkpoint bench: {} messages (~200 B JSON, keyed, {PARTITIONS} partitions), kafka: {}",
-        report.messages, report.kafka
+        "checkpoint bench: {} messages (~200 B JSON, keyed, {} partitions), kafka: {}",
+        report.messages, report.partitions, report.kafka
     );
     let memory = report
         .memory_bytes

@@ -50,15 +50,34 @@ enum Command {
         /// db-ceiling (default: all).
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
-        /// External Kafka bootstrap servers instead of the embedded mock cluster.
+        /// External Kafka bootstrap servers instead of the mock cluster.
         #[arg(long)]
         brokers: Option<String>,
+        /// Partitions of the benchmark topic (the mock cluster keeps about 120,000 messages
+        /// per partition).
+        #[arg(long, default_value_t = bench::DEFAULT_PARTITIONS)]
+        partitions: i32,
+        /// Run the mock cluster inside this process instead of a child process (its log of
+        /// the produced messages then counts in the peak RSS column).
+        #[arg(long)]
+        embedded_broker: bool,
         /// Messages per batch in `batch` mode.
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The mock Kafka cluster of `checkpoint bench`, in its own process: prints its bootstrap
+    /// servers, serves until stdin closes.
+    #[command(hide = true)]
+    BenchBroker {
+        /// Topic to create.
+        #[arg(long)]
+        topic: String,
+        /// Its partitions.
+        #[arg(long)]
+        partitions: i32,
     },
     /// Serve the HTTP API over a checkpoint database. Retries answer 409 here: no handler runs
     /// in this process (run the API inside your application for that).
@@ -193,11 +212,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| one_line(&e))
         }
+        Command::BenchBroker { topic, partitions } => {
+            bench::serve_broker(&topic, partitions).map_err(|e| one_line(&e))
+        }
         Command::Bench {
             messages,
             databases,
             modes,
             brokers,
+            partitions,
+            embedded_broker,
             batch_size,
             json,
         } => {
@@ -211,6 +235,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 databases,
                 modes,
                 brokers,
+                // The broker's log is not the listener's memory: keep it out of the process.
+                broker_exe: if embedded_broker {
+                    None
+                } else {
+                    Some(std::env::current_exe().map_err(|e| e.to_string())?)
+                },
+                partitions,
                 batch_size,
                 progress: true,
             };
