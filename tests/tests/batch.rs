@@ -30,6 +30,19 @@ fn batch(payloads: &[&str]) -> Vec<Message> {
         .collect()
 }
 
+/// Stores the event "old" for `origin`'s group before a batch runs.
+async fn store_old(engine: &Engine, origin: &Origin) {
+    engine
+        .process(
+            &Scripted::new(Step::Ack),
+            &Message::new("orders", 0, 1, "old"),
+            origin,
+            0,
+        )
+        .await
+        .expect("old");
+}
+
 async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
     db.create_side_effects_table().await;
     let engine = Engine::new(db.store.clone());
@@ -46,16 +59,7 @@ async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
     if transactional {
         handler = handler.transactional();
     }
-    // Stored before the batch: "old".
-    engine
-        .process(
-            &Scripted::new(Step::Ack),
-            &Message::new("orders", 0, 1, "old"),
-            &origin,
-            0,
-        )
-        .await
-        .expect("old");
+    store_old(&engine, &origin).await;
     let messages = batch(&["a", "b", "old", "c", "a", "d", "e"]);
     let outcome = engine
         .process_batch(&handler, &messages, &origin, 0)
@@ -156,15 +160,7 @@ async fn the_next_batch_is_checked_while_this_one_runs(db: TestDb) {
     for transactional in [false, true] {
         let group = if transactional { "tx" } else { "plain" };
         let origin = Origin::new(group);
-        engine
-            .process(
-                &Scripted::new(Step::Ack),
-                &Message::new("orders", 0, 1, "old"),
-                &origin,
-                0,
-            )
-            .await
-            .expect("old");
+        store_old(&engine, &origin).await;
         // Slow enough that the next batch's check is done before "a" is stored.
         let mut handler = Scripted::new(Step::Ack)
             .script(&[Step::Ack, Step::Skip])
