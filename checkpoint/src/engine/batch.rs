@@ -62,13 +62,22 @@ impl Engine {
         messages: &[Message],
         origin: &Origin,
         retry_count: u32,
-        ahead: Option<CheckedAhead>,
+        mut ahead: Option<CheckedAhead>,
         next: &[Message],
     ) -> Result<BatchOutcome, EngineError> {
         let attempts: Vec<Attempt<'_>> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| self.attempt(handler, m, origin, if i == 0 { retry_count } else { 0 }))
+            .map(|(i, m)| {
+                let key = ahead.as_mut().and_then(|a| a.take_key(m));
+                self.attempt(
+                    handler,
+                    m,
+                    origin,
+                    if i == 0 { retry_count } else { 0 },
+                    key,
+                )
+            })
             .collect();
         let work = async {
             let started = Instant::now();

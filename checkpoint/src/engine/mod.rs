@@ -11,7 +11,7 @@
 //!   also across crashes, rebalances and concurrent consumers (a concurrent claim of the same
 //!   key waits for the first transaction, then finds the row).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +66,11 @@ impl Default for Backoff {
 pub struct CheckedAhead {
     /// The topic of the checked run.
     topic: String,
+    /// The partition of the checked run.
+    partition: i32,
+    /// The dedup key of each checked message, by offset: computed once, for the check and the
+    /// attempt.
+    keys: HashMap<i64, String>,
     /// Dedup keys of the run's stored events.
     stored: HashSet<String>,
     /// The check's time per message.
@@ -78,6 +83,15 @@ impl CheckedAhead {
     fn add_stored(&mut self, topic: &str, checksum: &str) {
         if topic == self.topic {
             self.stored.insert(checksum.to_owned());
+        }
+    }
+
+    /// The dedup key the check computed for `message`, if it was checked.
+    fn take_key(&mut self, message: &Message) -> Option<String> {
+        if message.topic == self.topic && message.partition == self.partition {
+            self.keys.remove(&message.offset)
+        } else {
+            None
         }
     }
 }
@@ -290,7 +304,7 @@ impl Engine {
         origin: &Origin,
         retry_count: u32,
     ) -> Result<Disposition, EngineError> {
-        let attempt = self.attempt(handler, message, origin, retry_count);
+        let attempt = self.attempt(handler, message, origin, retry_count, None);
         self.around(&attempt, RetryMode::Decide).await
     }
 
@@ -319,6 +333,8 @@ impl Engine {
             .await?;
         Ok(CheckedAhead {
             topic: first.topic.clone(),
+            partition: first.partition,
+            keys: messages.iter().map(|m| m.offset).zip(keys).collect(),
             stored,
             share: started.elapsed() / u32::try_from(messages.len().max(1)).unwrap_or(u32::MAX),
         })
@@ -337,7 +353,8 @@ impl Engine {
         retry_count: u32,
         ahead: &mut CheckedAhead,
     ) -> Result<Disposition, EngineError> {
-        let attempt = self.attempt(handler, message, origin, retry_count);
+        let key = ahead.take_key(message);
+        let attempt = self.attempt(handler, message, origin, retry_count, key);
         let started = Instant::now();
         // A message of another topic than the checked run's is checked by its own insert.
         let exists =
@@ -464,7 +481,7 @@ impl Engine {
         group_id: String,
     ) -> Result<RetryOutcome, EngineError> {
         let origin = Origin::new(group_id).with_listener_id("api/retry");
-        let attempt = self.attempt(handler, message, &origin, 0);
+        let attempt = self.attempt(handler, message, &origin, 0, None);
         Ok(match self.around(&attempt, RetryMode::Report).await? {
             Disposition::Retry(error) | Disposition::Failed { error, .. } => {
                 RetryOutcome::Failed(error)
@@ -475,12 +492,15 @@ impl Engine {
         })
     }
 
+    /// The data of one attempt; `checksum` is the message's dedup key when a duplicate check
+    /// ahead already computed it.
     fn attempt<'a>(
         &self,
         handler: &'a dyn Handler,
         message: &'a Message,
         origin: &'a Origin,
         retry_count: u32,
+        checksum: Option<String>,
     ) -> Attempt<'a> {
         let metadata = Metadata {
             listener_id: origin.listener_id.clone(),
@@ -494,7 +514,7 @@ impl Engine {
                 .as_deref()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
             retry_count,
-            checksum: Self::dedup_key(handler, message),
+            checksum: checksum.unwrap_or_else(|| Self::dedup_key(handler, message)),
         };
         Attempt {
             handler,

@@ -608,9 +608,9 @@ impl Store {
     }
 
     /// See [`Conn::insert_events`]; runs in one transaction. Up to 1,000 rows are one chunk,
-    /// which is atomic by itself: one statement on PostgreSQL, its own transaction on SQLite and
-    /// MySQL (no savepoint inside an outer one, which would make SQLite copy every page the
-    /// insert touches into its statement journal).
+    /// which is atomic by itself: one autocommitted statement on PostgreSQL and SQLite (inside a
+    /// transaction SQLite would copy every page the insert touches into its statement journal),
+    /// its own transaction on MySQL.
     pub async fn insert_events(&self, rows: &[NewEvent<'_>]) -> StoreResult<Vec<bool>> {
         let mut pooled = self.conn().await?;
         let mut conn = pooled.conn();
