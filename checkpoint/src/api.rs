@@ -269,6 +269,8 @@ impl From<EngineError> for ApiError {
             EngineError::FailureNotFound(_) => Self::NotFound("failure not found"),
             EngineError::EventNotFound(_) => Self::NotFound("event not found"),
             EngineError::Store(e) => e.into(),
+            // consume ran, but the database did not take its outcome in time.
+            EngineError::Interrupted => Self::Unavailable,
         }
     }
 }

@@ -24,13 +24,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
-use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome, default_retry_decision};
+use crate::handler::Handler;
 use crate::listener::{Listener, ListenerError, ListenerSpec};
-use crate::message::{Message, Metadata};
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// An error that stops the application from starting or running.
@@ -49,6 +46,10 @@ pub enum AppError {
     /// No configuration was given to the builder.
     #[error("no configuration: call AppBuilder::config")]
     NoConfig,
+    /// A listener's task panicked or was cancelled (a bug in checkpoint: handler panics are
+    /// recorded as failures).
+    #[error("a listener task ended abnormally: {0}")]
+    ListenerTask(String),
     /// Two handlers were registered under one name.
     #[error("two handlers are registered as `{0}`")]
     DuplicateHandler(String),
@@ -149,23 +150,19 @@ impl App {
 
     /// One listener per configured `[[listeners]]` entry, not yet running.
     pub fn listeners(&self) -> Vec<Listener> {
-        let default_retries = self.config.db_checkpoint.max_retries;
         self.config
             .listeners
             .iter()
             .filter_map(|l| {
                 let handler = Arc::clone(self.handlers.get(&l.handler)?);
-                let handler: Arc<dyn Handler> = match (handler.max_retries(), default_retries) {
-                    (None, Some(max)) => Arc::new(DefaultRetries {
-                        inner: handler,
-                        max,
-                    }),
-                    _ => handler,
-                };
                 let mut spec = ListenerSpec::new(handler, l.topic.clone(), l.group_id.clone())
                     .max_concurrency(l.max_concurrency)
                     .backoff(l.backoff)
-                    .batch_size(l.batch_size);
+                    .batch_size(l.batch_size)
+                    .max_queued_bytes(l.max_queued_bytes)
+                    .shutdown_timeout(l.shutdown_timeout);
+                spec.default_max_retries = self.config.db_checkpoint.max_retries;
+                spec.handler_timeout = l.handler_timeout;
                 spec.start_from_beginning = l.start_from_beginning;
                 spec.kafka = self.config.kafka.clone();
                 Some(Listener::new(spec, self.engine.clone()))
@@ -192,10 +189,15 @@ impl App {
         tokio::select! {
             () = &mut shutdown => {}
             Some(result) = tasks.join_next() => {
-                // A listener ended on its own: stop the others too and report it.
+                // A listener ended on its own: stop the others too and report it. A listener
+                // only ends before shutdown when it cannot go on, so an `Ok` here is an error
+                // too: the application must not look healthy with a listener gone.
                 let _ = stop.send(());
                 while tasks.join_next().await.is_some() {}
-                return flatten(result);
+                flatten(result)?;
+                return Err(AppError::ListenerTask(
+                    "a listener stopped before shutdown was requested".to_owned(),
+                ));
             }
         }
         let _ = stop.send(());
@@ -211,10 +213,7 @@ fn flatten(
 ) -> Result<(), AppError> {
     match result {
         Ok(result) => result.map_err(AppError::from),
-        Err(join) => {
-            tracing::error!(target: "checkpoint", error = %join, "a listener task failed");
-            Ok(())
-        }
+        Err(join) => Err(AppError::ListenerTask(join.to_string())),
     }
 }
 
@@ -241,49 +240,4 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!(target: "checkpoint", "shutdown requested");
-}
-
-/// Applies `[db_checkpoint] max_retries` to a handler that declares none: its own retry
-/// decision still applies, bounded by the configured count.
-struct DefaultRetries {
-    inner: Arc<dyn Handler>,
-    max: u32,
-}
-
-impl Handler for DefaultRetries {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn max_retries(&self) -> Option<u32> {
-        Some(self.max)
-    }
-    fn transactional(&self) -> bool {
-        self.inner.transactional()
-    }
-    fn consume<'a>(
-        &'a self,
-        message: &'a Message,
-        ctx: &'a mut Context<'_>,
-    ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
-        self.inner.consume(message, ctx)
-    }
-    fn entity_id(&self, message: &Message) -> Option<String> {
-        self.inner.entity_id(message)
-    }
-    fn entity_time(&self, message: &Message) -> Option<DateTime<Utc>> {
-        self.inner.entity_time(message)
-    }
-    fn event_type(&self, message: &Message) -> Option<String> {
-        self.inner.event_type(message)
-    }
-    fn event_version(&self, message: &Message) -> Option<String> {
-        self.inner.event_version(message)
-    }
-    fn dedup_key(&self, message: &Message) -> Option<String> {
-        self.inner.dedup_key(message)
-    }
-    fn retry_consume(&self, message: &Message, metadata: &Metadata, error: &HandlerError) -> bool {
-        self.inner.retry_consume(message, metadata, error)
-            && default_retry_decision(Some(self.max), metadata.retry_count)
-    }
 }

@@ -24,6 +24,9 @@
 //! start_from_beginning = true   # default true: earliest offset when the group has none
 //! batch_size = 1                # default 1
 //! backoff = { min_ms = 1000, max_ms = 60000 }   # the defaults
+//! handler_timeout_ms = 30000    # absent (default) = consume is never interrupted
+//! max_queued_bytes = 67108864   # default 64 MiB of received, unsettled payloads
+//! shutdown_timeout_ms = 30000   # default 30 s for in-flight work on SIGTERM
 //! ```
 //!
 //! Every table is optional except `[database]` (with its `url`). [`example`] returns a fully
@@ -202,7 +205,20 @@ pub struct ListenerConfig {
     pub batch_size: usize,
     /// Backoff between retries of a failing message (default 1 s to 60 s).
     pub backoff: Backoff,
+    /// Longest time one `consume` call may take before it is dropped and retried (`None`,
+    /// the default: never). See [`Policy::handler_timeout`](crate::engine::Policy).
+    pub handler_timeout: Option<Duration>,
+    /// Bytes of received messages (payload, key and headers) the listener holds before it
+    /// pauses fetching (default [`DEFAULT_MAX_QUEUED_BYTES`]).
+    pub max_queued_bytes: usize,
+    /// How long shutdown waits for in-flight work before it gives up on it (default 30 s).
+    pub shutdown_timeout: Duration,
 }
+
+/// Default of `max_queued_bytes`: 64 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Default of `shutdown_timeout_ms`: 30 s.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Config {
     /// Reads and validates the file at `path`, expanding variables from the process
@@ -323,6 +339,9 @@ struct RawListener {
     batch_size: i64,
     #[serde(default)]
     backoff: RawBackoff,
+    handler_timeout_ms: Option<i64>,
+    max_queued_bytes: Option<i64>,
+    shutdown_timeout_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -618,6 +637,24 @@ impl Ctx<'_> {
                 ));
             }
             let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX));
+            let handler_timeout = match l.handler_timeout_ms {
+                Some(ms) => Some(millis(
+                    i64::try_from(self.at_least_one(&at("handler_timeout_ms"), ms)?)
+                        .unwrap_or(i64::MAX),
+                )),
+                None => None,
+            };
+            let max_queued_bytes = match l.max_queued_bytes {
+                Some(bytes) => self.at_least_one(&at("max_queued_bytes"), bytes)?,
+                None => DEFAULT_MAX_QUEUED_BYTES,
+            };
+            let shutdown_timeout = match l.shutdown_timeout_ms {
+                Some(ms) => millis(
+                    i64::try_from(self.at_least_one(&at("shutdown_timeout_ms"), ms)?)
+                        .unwrap_or(i64::MAX),
+                ),
+                None => DEFAULT_SHUTDOWN_TIMEOUT,
+            };
             listeners.push(ListenerConfig {
                 handler,
                 topic,
@@ -626,6 +663,9 @@ impl Ctx<'_> {
                 start_from_beginning: l.start_from_beginning,
                 batch_size,
                 backoff: Backoff::new(millis(min_ms), millis(max_ms)),
+                handler_timeout,
+                max_queued_bytes,
+                shutdown_timeout,
             });
         }
 
@@ -890,6 +930,25 @@ mod tests {
     }
 
     #[test]
+    fn fault_limits_are_read_and_checked() {
+        let text = with_listener(
+            "handler_timeout_ms = 2500\nmax_queued_bytes = 1048576\nshutdown_timeout_ms = 5000\n",
+        );
+        let listener = &parse(&text).expect("valid").listeners[0];
+        assert_eq!(listener.handler_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(listener.max_queued_bytes, 1 << 20);
+        assert_eq!(listener.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(
+            error(&with_listener("handler_timeout_ms = 0\n")),
+            "checkpoint.toml: listeners[0].handler_timeout_ms: must be at least 1, not 0"
+        );
+        assert_eq!(
+            error(&with_listener("max_queued_bytes = -1\n")),
+            "checkpoint.toml: listeners[0].max_queued_bytes: must be at least 1, not -1"
+        );
+    }
+
+    #[test]
     fn the_example_parses_with_and_without_the_environment() {
         let config =
             Config::parse_with_env(example(), "example", &|_| None).expect("example parses");
@@ -909,6 +968,9 @@ mod tests {
                 start_from_beginning: true,
                 batch_size: 1,
                 backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+                handler_timeout: None,
+                max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             }]
         );
         assert_eq!(config.source, "example");
@@ -1138,7 +1200,8 @@ token = "${EMPTY:-from-default}"
             error(&with_listener("retries = 3\n")),
             "checkpoint.toml: listeners[0].retries: unknown key `retries`, expected one of \
              `handler`, `topic`, `group_id`, `max_concurrency`, `start_from_beginning`, \
-             `batch_size`, `backoff` (line 7)"
+             `batch_size`, `backoff`, `handler_timeout_ms`, `max_queued_bytes`, \
+             `shutdown_timeout_ms` (line 7)"
         );
         assert_eq!(
             error(&format!(

@@ -70,6 +70,12 @@ pub enum StoreError {
         /// What the migration harness said.
         message: String,
     },
+    /// A value contains a character its column cannot hold (NUL, refused by PostgreSQL text).
+    #[error("{field} contains a NUL character, which the checkpoint tables cannot hold")]
+    FieldInvalid {
+        /// Column name.
+        field: &'static str,
+    },
     /// A value is longer than its column allows.
     #[error("{field} is {len} characters long; at most {max} fit in the checkpoint tables")]
     FieldTooLong {
@@ -83,18 +89,52 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the error means the database could not be reached (as opposed to a query that
-    /// the database rejected). Such errors are waited out, never turned into failures.
+    /// True when the error means the database could not be reached or the connection was
+    /// lost (as opposed to a statement the database refused). Such errors are waited out,
+    /// never turned into failures.
     pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
             Self::Unavailable { .. } => true,
             Self::Query { source, .. } => matches!(
                 source,
-                Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
-                    | Error::BrokenTransactionManager
+                Error::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                    _
+                ) | Error::BrokenTransactionManager
             ),
             _ => false,
+        }
+    }
+
+    /// True when the same statement may succeed if tried again: the database is unavailable,
+    /// the transaction lost a serialization conflict, or the database raised an error diesel
+    /// does not classify. The drivers behind diesel-async do not hand SQLSTATE or MySQL error
+    /// numbers through diesel's error type, so deadlocks (40P01, 1213), lock waits (1205),
+    /// killed connections (57P01, 1927, 2013) and SQLite BUSY/LOCKED all arrive unclassified;
+    /// callers retry those a bounded number of times (see [`StoreError::is_unavailable`] for
+    /// the ones waited out without bound). Constraint violations, values a column cannot
+    /// hold and configuration errors are not transient.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        self.is_unavailable()
+            || matches!(
+                self,
+                Self::Query {
+                    source: Error::DatabaseError(
+                        DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::Unknown,
+                        _
+                    ),
+                    ..
+                }
+            )
+    }
+
+    /// The column a [`StoreError::FieldTooLong`] or [`StoreError::FieldInvalid`] names.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::FieldTooLong { field, .. } | Self::FieldInvalid { field } => Some(field),
+            _ => None,
         }
     }
 }

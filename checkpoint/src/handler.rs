@@ -1,7 +1,7 @@
 //! The [`Handler`] trait that `#[checkpoint_handler]` implements (and that can be implemented
 //! by hand), what `consume` returns, and the errors it may raise.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 use std::backtrace::{Backtrace, BacktraceStatus};
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -98,6 +98,11 @@ impl From<Ack> for Outcome {
     }
 }
 
+/// `error_class` of a failure whose handler code panicked.
+pub const PANIC_CLASS: &str = "panic";
+/// `error_class` of an attempt that exceeded the listener's `handler_timeout`.
+pub const TIMEOUT_CLASS: &str = "timeout";
+
 /// An error raised by `consume`. Any `std::error::Error + Send + Sync + 'static` converts into
 /// it with `?`, keeping its type name (stored as the failure's `error_class`), its message and
 /// its source chain.
@@ -144,6 +149,37 @@ impl HandlerError {
         let mut error = Self::new(MessageError(message.to_string()));
         error.0.class = Cow::Borrowed("checkpoint::handler::Message");
         error
+    }
+
+    /// A panic caught in handler code `site` (`consume`, an extractor, …): permanent, with
+    /// error class `panic` and the panic's message.
+    pub(crate) fn panicked(site: &str, payload: &(dyn Any + Send)) -> Self {
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-text payload".to_owned());
+        Self::with_class(PANIC_CLASS, format!("`{site}` panicked: {text}")).into_permanent()
+    }
+
+    /// An error with a fixed `error_class` and message.
+    pub(crate) fn with_class(class: &'static str, message: impl fmt::Display) -> Self {
+        let mut error = Self::msg(message);
+        error.0.class = Cow::Borrowed(class);
+        error
+    }
+
+    /// `consume` did not return within the listener's `handler_timeout`: retryable, with
+    /// error class `timeout`.
+    pub(crate) fn timed_out(after: std::time::Duration) -> Self {
+        Self::with_class(
+            TIMEOUT_CLASS,
+            format!(
+                "`consume` did not return within {} ms (handler_timeout); it was dropped at \
+                 its pending await",
+                after.as_millis()
+            ),
+        )
     }
 
     /// Marks this error permanent.

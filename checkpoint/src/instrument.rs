@@ -183,7 +183,16 @@ impl Instrument {
             duration,
         };
         for observer in &self.observers {
-            observer.notify(&fired);
+            // An observer is user code: its panic is logged, never allowed to stop the
+            // message it observes.
+            let call = std::panic::AssertUnwindSafe(|| observer.notify(&fired));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!(
+                    target: "checkpoint", notification = notification.name(),
+                    topic = %metadata.topic, offset = metadata.offset,
+                    "an observer panicked; the notification is skipped for it"
+                );
+            }
         }
     }
 }

@@ -2,18 +2,26 @@
 //! [`Engine`], committing an offset only after that message's event or failure row is durable.
 //!
 //! - Messages of one partition are handled in order, by one worker task per assigned
-//!   partition; partitions run concurrently, at most `max_concurrency` at a time.
+//!   partition, each feeding an engine [`Session`]; partitions run concurrently, at most
+//!   `max_concurrency` at a time.
 //! - A failing message is retried with exponential backoff and jitter while the consumer keeps
 //!   polling: the partition's worker waits, its queue fills, and the partition is paused at a
 //!   high-water mark and resumed at a low one, so the group never sees a stalled member. A
 //!   partition that is merely busy is not paused (librdkafka would drop and refetch what it
 //!   prefetched): the receive loop waits for its worker instead.
+//! - Memory is bounded by bytes as well as by count: once the listener holds
+//!   `max_queued_bytes` of received, unsettled messages, each partition that delivers more is
+//!   paused until the backlog drains below half of that.
 //! - Offsets are *stored* after a message settles (`enable.auto.offset.store=false`) and
 //!   committed asynchronously in batches (`enable.auto.commit`, 1 s by default); synchronously
 //!   on partition revoke and on shutdown.
 //! - A database outage is waited out with backoff and logged; nothing is skipped because of it.
-//! - Shutdown: stop fetching, let every worker finish the message in hand, commit, leave the
-//!   group.
+//!   A store error that waiting cannot fix, or a worker that ends for any other reason, stops
+//!   the listener with an error: it never continues past an unsettled message.
+//! - Shutdown: stop fetching, let every worker finish the message in hand (at most
+//!   `shutdown_timeout`), commit what is settled, leave the group.
+
+mod headers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,22 +30,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use futures_util::FutureExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::engine::{Backoff, CheckedAhead, Disposition, Engine};
-use crate::handler::Handler;
-use crate::message::{Header, Message, Origin};
+use crate::config::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::engine::{
+    Backoff, Disposition, Engine, EngineError, Policy, Progress, Session, WaitCause,
+};
+use crate::handler::{BoxFuture, Handler};
+use crate::message::{Message, Origin};
 
 /// Queued messages of one partition above which the partition is paused.
 const PAUSE_AT: usize = 2_000;
@@ -52,6 +64,9 @@ const CHECK_AHEAD: usize = 500;
 /// Batches a partition's worker takes in one turn (batch mode) when enough are queued: the
 /// duplicate check of each next batch overlaps the database work of the one before.
 const TURN_BATCHES: usize = 4;
+/// How often the receive loop looks at its workers (ended ones, partitions to resume) when
+/// no message arrives.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// What a listener consumes and how.
 #[derive(Clone)]
@@ -73,6 +88,15 @@ pub struct ListenerSpec {
     /// Messages taken through the engine together (1 = per message); see
     /// [`Engine::process_batch`].
     pub batch_size: usize,
+    /// Retries for a handler that declares no `max_retries` (`[db_checkpoint] max_retries`);
+    /// `None` retries it forever.
+    pub default_max_retries: Option<u32>,
+    /// Longest time one `consume` call may take; see [`Policy::handler_timeout`].
+    pub handler_timeout: Option<Duration>,
+    /// Bytes of received, unsettled messages held before partitions are paused.
+    pub max_queued_bytes: usize,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_timeout: Duration,
     /// librdkafka properties (`bootstrap.servers`, …), passed through verbatim.
     pub kafka: BTreeMap<String, String>,
 }
@@ -88,13 +112,18 @@ impl std::fmt::Debug for ListenerSpec {
             .field("start_from_beginning", &self.start_from_beginning)
             .field("backoff", &self.backoff)
             .field("batch_size", &self.batch_size)
+            .field("default_max_retries", &self.default_max_retries)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl ListenerSpec {
     /// A listener of `topic` in `group_id` for `handler`, with one partition at a time, from
-    /// the beginning, and a 1 s – 60 s backoff.
+    /// the beginning, a 1 s – 60 s backoff, no handler timeout, 64 MiB of queued messages and
+    /// 30 s for shutdown.
     pub fn new(
         handler: Arc<dyn Handler>,
         topic: impl Into<String>,
@@ -111,6 +140,10 @@ impl ListenerSpec {
             start_from_beginning: true,
             backoff: Backoff::default(),
             batch_size: 1,
+            default_max_retries: None,
+            handler_timeout: None,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             kafka: BTreeMap::new(),
         }
     }
@@ -143,6 +176,34 @@ impl ListenerSpec {
     pub fn listener_id(mut self, id: impl Into<String>) -> Self {
         self.listener_id = id.into();
         self
+    }
+
+    /// Sets the longest time one `consume` call may take (see [`Policy::handler_timeout`]).
+    pub fn handler_timeout(mut self, limit: Duration) -> Self {
+        self.handler_timeout = Some(limit);
+        self
+    }
+
+    /// Sets the bytes of received, unsettled messages held before partitions are paused (at
+    /// least 1).
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets how long shutdown waits for in-flight work.
+    pub fn shutdown_timeout(mut self, limit: Duration) -> Self {
+        self.shutdown_timeout = limit;
+        self
+    }
+
+    /// The engine policy of this listener's messages.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            backoff: self.backoff,
+            default_max_retries: self.default_max_retries,
+            handler_timeout: self.handler_timeout,
+        }
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -182,6 +243,7 @@ pub struct ListenerStats {
     duplicates: AtomicU64,
     failed: AtomicU64,
     retries: AtomicU64,
+    queued_bytes: AtomicUsize,
 }
 
 /// A snapshot of [`ListenerStats`].
@@ -199,6 +261,8 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Failed attempts that were retried.
     pub retries: u64,
+    /// Bytes of received messages not yet settled (see `max_queued_bytes`).
+    pub queued_bytes: usize,
 }
 
 impl StatsSnapshot {
@@ -218,6 +282,7 @@ impl ListenerStats {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -247,6 +312,43 @@ pub enum ListenerError {
         /// What librdkafka said.
         #[source]
         source: KafkaError,
+    },
+    /// A partition's message could not be settled: the checkpoint store failed in a way
+    /// waiting does not fix. Its offset is not committed; it is delivered again on restart.
+    #[error("listener `{listener_id}`, partition {partition}: {source}")]
+    Partition {
+        /// The listener.
+        listener_id: String,
+        /// The partition.
+        partition: i32,
+        /// What the engine said.
+        #[source]
+        source: EngineError,
+    },
+    /// A partition's worker ended without settling its messages (a bug in checkpoint, never
+    /// handler code, whose panics are failures).
+    #[error("listener `{listener_id}`, partition {partition}: worker ended unexpectedly: {reason}")]
+    WorkerEnded {
+        /// The listener.
+        listener_id: String,
+        /// The partition.
+        partition: i32,
+        /// How it ended.
+        reason: String,
+    },
+    /// Shutdown gave up on in-flight work after `shutdown_timeout`; what was settled is
+    /// committed, the rest is delivered again.
+    #[error(
+        "listener `{listener_id}`: partitions {partitions:?} were still busy {timeout:?} after \
+         shutdown began; their in-flight messages are not committed and will be delivered again"
+    )]
+    ShutdownTimedOut {
+        /// The listener.
+        listener_id: String,
+        /// Partitions whose work did not finish.
+        partitions: Vec<i32>,
+        /// The configured `shutdown_timeout`.
+        timeout: Duration,
     },
 }
 
@@ -357,6 +459,70 @@ where
 
 type Consumer_ = StreamConsumer<ListenerContext>;
 
+/// The listener's budget of queued bytes.
+struct Budget {
+    max: usize,
+    stats: Arc<ListenerStats>,
+    /// Signalled when the queued bytes drop below half of `max`.
+    drained: Notify,
+}
+
+impl Budget {
+    fn used(&self) -> usize {
+        self.stats.queued_bytes.load(Ordering::SeqCst)
+    }
+
+    fn exceeded(&self) -> bool {
+        self.used() >= self.max
+    }
+
+    /// Below the low-water mark: paused partitions may resume.
+    fn low(&self) -> bool {
+        self.used() < self.max / 2 + 1
+    }
+
+    fn take(budget: &Arc<Self>, bytes: usize) -> Ticket {
+        budget.stats.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        Ticket {
+            budget: Arc::clone(budget),
+            bytes,
+        }
+    }
+}
+
+/// Bytes of received messages held against the [`Budget`] until the ticket is dropped
+/// (the messages are settled, abandoned or dropped with their worker).
+struct Ticket {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Ticket {
+    fn merge(&mut self, mut other: Self) {
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget
+                .stats
+                .queued_bytes
+                .fetch_sub(self.bytes, Ordering::SeqCst);
+            if self.budget.low() {
+                self.budget.drained.notify_one();
+            }
+        }
+    }
+}
+
+/// A received message on its way to its partition's worker.
+struct Queued {
+    message: Message,
+    ticket: Ticket,
+}
+
 /// Backpressure state of one partition, shared by the receive loop and its worker.
 #[derive(Default)]
 struct Flow {
@@ -368,20 +534,26 @@ struct Flow {
     backing_off: AtomicBool,
     /// Signalled when `depth` drops or `backing_off` is set.
     changed: Notify,
+    /// Why the worker stopped with an error, for the receive loop.
+    error: Mutex<Option<EngineError>>,
 }
 
 /// One partition's worker.
 struct PartitionWorker {
-    queue: mpsc::UnboundedSender<Message>,
+    queue: mpsc::UnboundedSender<Queued>,
     flow: Arc<Flow>,
     revoked: Arc<AtomicBool>,
     task: JoinHandle<()>,
+    /// Left running when the listener returns (shutdown gave up on it): not aborted.
+    detached: bool,
 }
 
 impl Drop for PartitionWorker {
     /// A listener dropped mid-stream (a crash) takes its workers with it.
     fn drop(&mut self) {
-        self.task.abort();
+        if !self.detached {
+            self.task.abort();
+        }
     }
 }
 
@@ -392,8 +564,15 @@ struct Shared {
     consumer: Arc<Consumer_>,
     origin: Origin,
     stats: Arc<ListenerStats>,
+    budget: Arc<Budget>,
     permits: Semaphore,
     stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
 }
 
 /// A running Kafka consumer for one topic and group.
@@ -426,11 +605,17 @@ impl Listener {
         Arc::clone(&self.stats)
     }
 
-    /// Consumes until `shutdown` completes, then finishes in-flight messages, commits and
-    /// leaves the group. Dropping the returned future instead is a crash: nothing settled is
-    /// lost, and unsettled messages are redelivered (and deduplicated) later. After such a drop,
-    /// also drop the engine's [`Store`](crate::Store): the MySQL driver does not survive a
-    /// query interrupted mid-flight, so its pooled connections must not be reused.
+    /// Consumes until `shutdown` completes, then finishes in-flight messages (for at most
+    /// `shutdown_timeout`), commits and leaves the group. Returns an error when the consumer
+    /// cannot start, when a message cannot be settled (see [`ListenerError`]), or when
+    /// shutdown had to give up on in-flight work.
+    ///
+    /// Dropping the returned future instead is a crash of this listener: its workers are
+    /// cancelled where they stand, nothing settled is lost, and unsettled messages are
+    /// redelivered (and deduplicated) later. The consumer is closed, which commits the offsets
+    /// already stored, so it is a crash after the last commit, not a process kill. After such
+    /// a drop, also drop the engine's [`Store`](crate::Store): the MySQL driver does not
+    /// survive a query interrupted mid-flight, so its pooled connections must not be reused.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ListenerError> {
         let listener_id = self.spec.listener_id.clone();
         let kafka_error = |source| ListenerError::Kafka {
@@ -460,6 +645,11 @@ impl Listener {
         let shared = Arc::new(Shared {
             origin: Origin::new(self.spec.group_id.clone()).with_listener_id(listener_id.clone()),
             permits: Semaphore::new(self.spec.max_concurrency.max(1)),
+            budget: Arc::new(Budget {
+                max: self.spec.max_queued_bytes.max(1),
+                stats: Arc::clone(&self.stats),
+                drained: Notify::new(),
+            }),
             spec: self.spec,
             engine: self.engine,
             consumer: Arc::clone(&consumer),
@@ -470,19 +660,38 @@ impl Listener {
 
         let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
         tokio::pin!(shutdown);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut outage = 0;
+        let mut failure = None;
         loop {
             let received = tokio::select! {
                 () = &mut shutdown => break,
-                received = consumer.recv() => received,
+                _ = sweep.tick() => None,
+                () = shared.budget.drained.notified() => None,
+                received = consumer.recv() => Some(received),
+            };
+            let Some(received) = received else {
+                if let Err(error) = check_workers(&shared, &workers) {
+                    failure = Some(error);
+                    break;
+                }
+                continue;
             };
             match received {
                 Ok(message) => {
                     outage = 0;
-                    shared.stats.received.fetch_add(1, Ordering::Relaxed);
                     let partition = message.partition();
-                    let owned = to_message(&message);
+                    let queued = to_queued(&shared, &message);
                     drop(message);
+                    // A worker that ended with its partition still ours stops the listener
+                    // before anything of that partition goes on.
+                    let ended = workers
+                        .get(&partition)
+                        .is_some_and(|w| w.task.is_finished() && !w.revoked.load(Ordering::SeqCst));
+                    if ended && let Err(error) = check_workers(&shared, &workers) {
+                        failure = Some(error);
+                        break;
+                    }
                     let worker = workers
                         .entry(partition)
                         .or_insert_with(|| spawn_worker(&shared, &assignment, partition));
@@ -492,7 +701,7 @@ impl Listener {
                     }
                     let flow = Arc::clone(&worker.flow);
                     let depth = flow.depth.fetch_add(1, Ordering::SeqCst) + 1;
-                    if worker.queue.send(owned).is_err() {
+                    if worker.queue.send(queued).is_err() {
                         flow.depth.fetch_sub(1, Ordering::SeqCst);
                     }
                     if depth >= PAUSE_AT {
@@ -507,6 +716,10 @@ impl Listener {
                         if stop {
                             break;
                         }
+                    } else if shared.budget.exceeded() && !flow.paused.swap(true, Ordering::SeqCst)
+                    {
+                        // Over the byte budget: this partition waits until the backlog drains.
+                        set_paused(&consumer, &shared.spec.topic, partition, true);
                     }
                 }
                 Err(error) => {
@@ -522,17 +735,81 @@ impl Listener {
             }
         }
 
-        tracing::info!(target: "checkpoint", %listener_id, "stopping: finishing in-flight messages");
+        if let Some(error) = &failure {
+            tracing::error!(target: "checkpoint", %listener_id, %error, "stopping: a partition cannot go on");
+        } else {
+            tracing::info!(target: "checkpoint", %listener_id, "stopping: finishing in-flight messages");
+        }
         let _ = stop_tx.send(true);
-        for (_, mut worker) in workers.drain() {
-            let _ = (&mut worker.task).await;
+        let timeout = shared.spec.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut busy = Vec::new();
+        for (partition, mut worker) in workers.drain() {
+            if tokio::time::timeout_at(deadline, &mut worker.task)
+                .await
+                .is_err()
+            {
+                // Never cancelled: the task ends by itself, or with the process. Its message
+                // is not settled, so nothing of it is committed.
+                worker.detached = true;
+                busy.push(partition);
+            }
         }
         commit_stored(consumer.as_ref(), &listener_id, "shutdown");
         consumer.unsubscribe();
         drop(shared);
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if !busy.is_empty() {
+            busy.sort_unstable();
+            return Err(ListenerError::ShutdownTimedOut {
+                listener_id,
+                partitions: busy,
+                timeout,
+            });
+        }
         tracing::info!(target: "checkpoint", %listener_id, "listener stopped");
         Ok(())
     }
+}
+
+/// Looks at every worker: one that ended while its partition was still ours (not revoked, no
+/// shutdown) stops the listener with its error; paused partitions resume when their worker is
+/// ready for more and the byte budget has room.
+fn check_workers(
+    shared: &Shared,
+    workers: &HashMap<i32, PartitionWorker>,
+) -> Result<(), ListenerError> {
+    for (&partition, worker) in workers.iter() {
+        let flow = &worker.flow;
+        if worker.task.is_finished() && !worker.revoked.load(Ordering::SeqCst) && !shared.stopping()
+        {
+            let error = flow.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let listener_id = shared.spec.listener_id.clone();
+            return Err(match error {
+                Some(source) => ListenerError::Partition {
+                    listener_id,
+                    partition,
+                    source,
+                },
+                None => ListenerError::WorkerEnded {
+                    listener_id,
+                    partition,
+                    reason: "the worker task ended".to_owned(),
+                },
+            });
+        }
+        if flow.paused.load(Ordering::SeqCst)
+            && !flow.backing_off.load(Ordering::SeqCst)
+            && flow.depth.load(Ordering::SeqCst) <= RESUME_AT
+            && shared.budget.low()
+            && flow.paused.swap(false, Ordering::SeqCst)
+        {
+            set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+        }
+    }
+    Ok(())
 }
 
 /// A partition has `PAUSE_AT` messages queued. While its worker is merely busy, the receive
@@ -586,74 +863,56 @@ fn set_paused(consumer: &Consumer_, topic: &str, partition: i32, paused: bool) {
     }
 }
 
-fn to_message(message: &BorrowedMessage<'_>) -> Message {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| Header {
-                    key: h.key.to_owned(),
-                    value: h.value.map(<[u8]>::to_vec),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Message {
+/// An owned copy of `message`, its headers byte for byte, counted against the byte budget.
+fn to_queued(shared: &Shared, message: &BorrowedMessage<'_>) -> Queued {
+    shared.stats.received.fetch_add(1, Ordering::Relaxed);
+    let message = Message {
         topic: message.topic().to_owned(),
         partition: message.partition(),
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers,
+        headers: headers::read(message),
         timestamp: message
             .timestamp()
             .to_millis()
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+    };
+    let bytes = message.payload.len()
+        + message.key.as_ref().map_or(0, Vec::len)
+        + message
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+    Queued {
+        ticket: Budget::take(&shared.budget, bytes),
+        message,
     }
 }
 
 fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -> PartitionWorker {
-    let (queue, mut inbox) = mpsc::unbounded_channel::<Message>();
+    let (queue, inbox) = mpsc::unbounded_channel::<Queued>();
     let flow = Arc::new(Flow::default());
     let revoked = assignment.flag(partition);
     let task = {
         let (shared, flow, revoked) = (Arc::clone(shared), Arc::clone(&flow), Arc::clone(&revoked));
         tokio::spawn(async move {
-            let mut stopping = shared.stopping.clone();
-            loop {
-                let message = tokio::select! {
-                    received = inbox.recv() => match received {
-                        Some(message) => message,
-                        None => break,
-                    },
-                    _ = stopping.wait_for(|stop| *stop) => break,
-                };
-                // Wait for a turn first, so the run below takes everything queued meanwhile.
-                let Ok(_permit) = shared.permits.acquire().await else {
-                    break;
-                };
-                // Take what is already queued: up to batch_size messages for a batch, or up to
-                // CHECK_AHEAD messages whose duplicate check is done in one query.
-                let window = if shared.spec.batch_size > 1 {
-                    shared.spec.batch_size
-                } else {
-                    CHECK_AHEAD
-                };
-                let run = take_queued(&shared, partition, &mut inbox, &flow, Some(message), window);
-                if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
-                    // Not ours any more, or shutting down: leave it to the next owner.
-                    break;
-                }
-                let done = if shared.spec.batch_size > 1 {
-                    settle_batches(&shared, partition, &mut inbox, run, &revoked, &flow).await
-                } else {
-                    settle_run(&shared, &run, &revoked, &flow).await
-                };
-                if !done {
-                    break;
-                }
-            }
+            // Handler panics are caught by the engine; one here is checkpoint's own, and
+            // still must not pass unnoticed.
+            let worked =
+                std::panic::AssertUnwindSafe(work(&shared, partition, inbox, &flow, &revoked))
+                    .catch_unwind()
+                    .await;
+            let error = match worked {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => error,
+                Err(_) => EngineError::Store(crate::store::StoreError::Unavailable {
+                    backend: shared.engine.store().backend(),
+                    message: format!("partition {partition}'s worker panicked"),
+                }),
+            };
+            *flow.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         })
     };
     PartitionWorker {
@@ -661,7 +920,70 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
         flow,
         revoked,
         task,
+        detached: false,
     }
+}
+
+/// A partition's worker: takes runs (or batches) of queued messages through its session until
+/// the partition is revoked, the listener stops, or a message cannot be settled.
+async fn work(
+    shared: &Shared,
+    partition: i32,
+    mut inbox: mpsc::UnboundedReceiver<Queued>,
+    flow: &Flow,
+    revoked: &AtomicBool,
+) -> Result<(), EngineError> {
+    let mut session = Session::new(
+        shared.engine.clone(),
+        Arc::clone(&shared.spec.handler),
+        shared.origin.clone(),
+        shared.spec.policy(),
+    );
+    let progress = WorkerProgress {
+        shared,
+        flow,
+        revoked,
+    };
+    let mut stopping = shared.stopping.clone();
+    loop {
+        let first = tokio::select! {
+            received = inbox.recv() => match received {
+                Some(queued) => queued,
+                None => return Ok(()),
+            },
+            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+        };
+        // Wait for a turn first, so the run below takes everything queued meanwhile.
+        let Ok(_permit) = shared.permits.acquire().await else {
+            return Ok(());
+        };
+        // Take what is already queued: up to batch_size messages for a batch, or up to
+        // CHECK_AHEAD messages whose duplicate check is done in one query.
+        let window = if shared.spec.batch_size > 1 {
+            shared.spec.batch_size
+        } else {
+            CHECK_AHEAD
+        };
+        let run = take_queued(shared, partition, &mut inbox, flow, Some(first), window);
+        if revoked.load(Ordering::SeqCst) || shared.stopping() {
+            // Not ours any more, or shutting down: leave it to the next owner.
+            return Ok(());
+        }
+        let done = if shared.spec.batch_size > 1 {
+            settle_batches(shared, partition, &mut inbox, run, &mut session, &progress).await?
+        } else {
+            settle_run(shared, run, &mut session, &progress).await?
+        };
+        if !done {
+            return Ok(());
+        }
+    }
+}
+
+/// Messages taken from a partition's queue, with their bytes still held against the budget.
+struct Run {
+    messages: Vec<Message>,
+    _ticket: Option<Ticket>,
 }
 
 /// Takes `first` (already received from `inbox`) and what else is queued for `partition`, up
@@ -669,143 +991,102 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
 fn take_queued(
     shared: &Shared,
     partition: i32,
-    inbox: &mut mpsc::UnboundedReceiver<Message>,
+    inbox: &mut mpsc::UnboundedReceiver<Queued>,
     flow: &Flow,
-    first: Option<Message>,
+    first: Option<Queued>,
     window: usize,
-) -> Vec<Message> {
-    let mut run: Vec<Message> = first.into_iter().collect();
-    while run.len() < window {
-        match inbox.try_recv() {
-            Ok(message) => run.push(message),
-            Err(_) => break,
+) -> Run {
+    let mut messages = Vec::new();
+    let mut ticket: Option<Ticket> = None;
+    let mut next = first.or_else(|| inbox.try_recv().ok());
+    while let Some(queued) = next.take() {
+        messages.push(queued.message);
+        match &mut ticket {
+            Some(held) => held.merge(queued.ticket),
+            None => ticket = Some(queued.ticket),
+        }
+        if messages.len() < window {
+            next = inbox.try_recv().ok();
         }
     }
-    let taken = run.len();
+    let taken = messages.len();
     let left = flow.depth.fetch_sub(taken, Ordering::SeqCst) - taken;
     flow.changed.notify_one();
-    if left <= RESUME_AT && flow.paused.swap(false, Ordering::SeqCst) {
+    if left <= RESUME_AT && shared.budget.low() && flow.paused.swap(false, Ordering::SeqCst) {
         set_paused(&shared.consumer, &shared.spec.topic, partition, false);
     }
-    run
+    Run {
+        messages,
+        _ticket: ticket,
+    }
+}
+
+/// What the engine's loop tells a partition's worker, and how it waits: backoffs mark the
+/// partition as backing off (the receive loop pauses it) and end on shutdown; a handler retry
+/// also ends on revoke (the next owner redelivers the message), a database wait does not (the
+/// message may have been consumed already).
+struct WorkerProgress<'a> {
+    shared: &'a Shared,
+    flow: &'a Flow,
+    revoked: &'a AtomicBool,
+}
+
+impl Progress for WorkerProgress<'_> {
+    fn wait(&self, delay: Duration, cause: WaitCause) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            if matches!(cause, WaitCause::Retry { .. }) {
+                self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                if self.revoked.load(Ordering::SeqCst) {
+                    return false;
+                }
+            }
+            let mut stopping = self.shared.stopping.clone();
+            self.flow.backing_off.store(true, Ordering::SeqCst);
+            self.flow.changed.notify_one();
+            let slept = tokio::select! {
+                () = tokio::time::sleep(delay) => true,
+                _ = stopping.wait_for(|stop| *stop) => false,
+            };
+            self.flow.backing_off.store(false, Ordering::SeqCst);
+            slept
+                && !(matches!(cause, WaitCause::Retry { .. })
+                    && self.revoked.load(Ordering::SeqCst))
+        })
+    }
+
+    /// Marks `message` settled: its offset may be committed. Storing fails only when the
+    /// partition was revoked meanwhile; the next owner then redelivers it and the checkpoint
+    /// dedups it.
+    fn settled(&self, message: &Message, disposition: &Disposition) {
+        self.shared.stats.count(disposition);
+        if let Err(error) =
+            self.shared
+                .consumer
+                .store_offset(&message.topic, message.partition, message.offset)
+        {
+            tracing::debug!(target: "checkpoint", partition = message.partition, %error, "offset not stored");
+        }
+    }
 }
 
 /// Per-message mode over a run of queued messages: one duplicate check for the run, then each
 /// message consumed, stored and settled on its own, in order. False when abandoned.
-async fn settle_run(shared: &Shared, run: &[Message], revoked: &AtomicBool, flow: &Flow) -> bool {
-    let handler = shared.spec.handler.as_ref();
-    // If the check fails (database down), each message does its own, waiting the outage out.
-    let mut ahead = if run.len() > 1 {
-        shared
-            .engine
-            .check_ahead(handler, run, &shared.origin)
-            .await
-            .ok()
-    } else {
-        None
-    };
-    for message in run {
-        if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
-            return false;
-        }
-        if !settle(shared, message, revoked, flow, ahead.as_mut()).await {
-            return false;
-        }
-    }
-    true
-}
-
-/// Takes one message until it is settled, then stores its offset. False when it was abandoned
-/// (shutdown or revoke during a backoff): it stays uncommitted and is redelivered.
-async fn settle(
+async fn settle_run(
     shared: &Shared,
-    message: &Message,
-    revoked: &AtomicBool,
-    flow: &Flow,
-    mut ahead: Option<&mut CheckedAhead>,
-) -> bool {
-    let mut retry_count = 0;
-    let mut outages = 0;
-    let mut stopping = shared.stopping.clone();
-    loop {
-        let handler = shared.spec.handler.as_ref();
-        let attempt = match ahead.as_deref_mut() {
-            // The first attempt uses the run's duplicate check; later ones check again.
-            Some(ahead) if retry_count == 0 && outages == 0 => {
-                shared
-                    .engine
-                    .process_checked(handler, message, &shared.origin, 0, ahead)
-                    .await
-            }
-            _ => {
-                shared
-                    .engine
-                    .process(handler, message, &shared.origin, retry_count)
-                    .await
-            }
-        };
-        let delay = match attempt {
-            Ok(Disposition::Retry(error)) => {
-                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-                let delay = shared.spec.backoff.delay(retry_count);
-                tracing::warn!(
-                    target: "checkpoint", listener_id = %shared.origin.listener_id,
-                    partition = message.partition, offset = message.offset, retry_count,
-                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), %error,
-                    "consume failed; backing off"
-                );
-                retry_count += 1;
-                delay
-            }
-            Ok(settled) => {
-                shared.stats.count(&settled);
-                store_offset(shared, message);
-                return true;
-            }
-            Err(error) => {
-                let delay =
-                    Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).delay(outages);
-                tracing::warn!(
-                    target: "checkpoint", listener_id = %shared.origin.listener_id,
-                    partition = message.partition, offset = message.offset, %error,
-                    "checkpoint store failed; waiting before trying the same message again"
-                );
-                outages += 1;
-                delay
-            }
-        };
-        if !back_off(flow, delay, &mut stopping).await {
-            return false;
+    run: Run,
+    session: &mut Session,
+    progress: &WorkerProgress<'_>,
+) -> Result<bool, EngineError> {
+    session.check_ahead(&run.messages).await;
+    for message in &run.messages {
+        if progress.revoked.load(Ordering::SeqCst) || shared.stopping() {
+            return Ok(false);
         }
-        if revoked.load(Ordering::SeqCst) {
-            return false;
+        if session.settle(message, progress).await?.is_none() {
+            return Ok(false);
         }
     }
-}
-
-/// Sleeps `delay` with the partition marked as backing off (the receive loop pauses it rather
-/// than wait); false when shutdown came first.
-async fn back_off(flow: &Flow, delay: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
-    flow.backing_off.store(true, Ordering::SeqCst);
-    flow.changed.notify_one();
-    let slept = tokio::select! {
-        () = tokio::time::sleep(delay) => true,
-        _ = stopping.wait_for(|stop| *stop) => false,
-    };
-    flow.backing_off.store(false, Ordering::SeqCst);
-    slept
-}
-
-/// Marks `message` settled: its offset may be committed. Fails only when the partition was
-/// revoked meanwhile; the next owner then redelivers it and the checkpoint dedups it.
-fn store_offset(shared: &Shared, message: &Message) {
-    if let Err(error) =
-        shared
-            .consumer
-            .store_offset(&message.topic, message.partition, message.offset)
-    {
-        tracing::debug!(target: "checkpoint", partition = message.partition, %error, "offset not stored");
-    }
+    Ok(true)
 }
 
 /// Batch mode: takes `first`, then up to `TURN_BATCHES - 1` further batches queued meanwhile,
@@ -814,106 +1095,49 @@ fn store_offset(shared: &Shared, message: &Message) {
 async fn settle_batches(
     shared: &Shared,
     partition: i32,
-    inbox: &mut mpsc::UnboundedReceiver<Message>,
-    first: Vec<Message>,
-    revoked: &AtomicBool,
-    flow: &Flow,
-) -> bool {
+    inbox: &mut mpsc::UnboundedReceiver<Queued>,
+    first: Run,
+    session: &mut Session,
+    progress: &WorkerProgress<'_>,
+) -> Result<bool, EngineError> {
     let mut batch = first;
-    let mut ahead = None;
     for turn in 1..=TURN_BATCHES {
         let next = if turn < TURN_BATCHES {
-            take_queued(shared, partition, inbox, flow, None, shared.spec.batch_size)
+            take_queued(
+                shared,
+                partition,
+                inbox,
+                progress.flow,
+                None,
+                shared.spec.batch_size,
+            )
         } else {
-            Vec::new()
+            Run {
+                messages: Vec::new(),
+                _ticket: None,
+            }
         };
-        let BatchEnd::Settled(checked) =
-            settle_batch(shared, batch, ahead, &next, revoked, flow).await
-        else {
-            return false;
-        };
-        if next.is_empty() {
-            return true;
+        let Run {
+            messages,
+            _ticket: held,
+        } = batch;
+        if !session
+            .settle_batch(messages, &next.messages, progress)
+            .await?
+        {
+            return Ok(false);
         }
-        if revoked.load(Ordering::SeqCst) || *shared.stopping.borrow() {
+        drop(held);
+        if next.messages.is_empty() {
+            return Ok(true);
+        }
+        if progress.revoked.load(Ordering::SeqCst) || shared.stopping() {
             // Taken but not processed: redelivered to the next owner.
-            return false;
+            return Ok(false);
         }
-        ahead = checked;
         batch = next;
     }
-    true
-}
-
-/// How [`settle_batch`] ended.
-enum BatchEnd {
-    /// Every message is settled; the duplicate check of the next batch, when it was made.
-    Settled(Option<CheckedAhead>),
-    /// Shutdown or revoke during a backoff: the rest of the batch stays uncommitted.
-    Abandoned,
-}
-
-/// Takes a batch until every message in it is settled, storing offsets as prefixes settle.
-/// `ahead` is its duplicate check when made already; `next`'s is made meanwhile.
-async fn settle_batch(
-    shared: &Shared,
-    mut batch: Vec<Message>,
-    mut ahead: Option<CheckedAhead>,
-    next: &[Message],
-    revoked: &AtomicBool,
-    flow: &Flow,
-) -> BatchEnd {
-    let mut retry_count = 0;
-    let mut outages = 0;
-    let mut stopping = shared.stopping.clone();
-    while !batch.is_empty() {
-        let delay = match shared
-            .engine
-            .process_batch_checked(
-                shared.spec.handler.as_ref(),
-                &batch,
-                &shared.origin,
-                retry_count,
-                // Only the first attempt: a retry checks again what is left.
-                ahead.take(),
-                next,
-            )
-            .await
-        {
-            Ok(outcome) => {
-                let done = outcome.settled.len();
-                for disposition in &outcome.settled {
-                    shared.stats.count(disposition);
-                }
-                if let Some(last) = done.checked_sub(1).and_then(|i| batch.get(i)) {
-                    store_offset(shared, last);
-                }
-                batch.drain(..done);
-                let Some(error) = outcome.retry else {
-                    return BatchEnd::Settled(outcome.next_checked);
-                };
-                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-                // The failing message is now first; it has failed once more.
-                retry_count = if done > 0 { 1 } else { retry_count + 1 };
-                let delay = shared.spec.backoff.delay(retry_count - 1);
-                tracing::warn!(
-                    target: "checkpoint", listener_id = %shared.origin.listener_id,
-                    partition = batch.first().map(|m| m.partition), offset = batch.first().map(|m| m.offset),
-                    retry_count, %error, "consume failed in a batch; backing off"
-                );
-                delay
-            }
-            Err(error) => {
-                tracing::warn!(target: "checkpoint", listener_id = %shared.origin.listener_id, %error, "checkpoint store failed; retrying the batch");
-                outages += 1;
-                Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).delay(outages - 1)
-            }
-        };
-        if !back_off(flow, delay, &mut stopping).await || revoked.load(Ordering::SeqCst) {
-            return BatchEnd::Abandoned;
-        }
-    }
-    BatchEnd::Settled(None)
+    Ok(true)
 }
 
 /// Seeks nothing, commits nothing: reads the committed offset of every partition of `topic`

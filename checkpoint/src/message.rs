@@ -4,13 +4,21 @@ use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use serde::Serialize;
 
-/// One Kafka header; a header may have no value.
+/// One Kafka header, byte for byte (Kafka does not require names to be UTF-8); a header may
+/// have no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// Header name.
-    pub key: String,
+    /// Header name bytes.
+    pub key: Vec<u8>,
     /// Header value bytes, if any.
     pub value: Option<Vec<u8>>,
+}
+
+impl Header {
+    /// The name as text, when it is UTF-8.
+    pub fn key_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.key).ok()
+    }
 }
 
 /// A Kafka message as the engine sees it: where it came from and its exact bytes.
@@ -60,7 +68,7 @@ impl Message {
     }
 
     /// Appends a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+    pub fn with_header(mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push(Header {
             key: key.into(),
             value: Some(value.into()),

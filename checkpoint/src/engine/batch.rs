@@ -1,34 +1,97 @@
 //! Batch mode: many messages of one partition with one duplicate check and one multi-row
 //! insert (per-message handlers), or one transaction with one multi-row claim and a savepoint
-//! per message (transactional handlers). Outcomes stay per message: a poison message becomes a
-//! failure without touching its neighbours; a message that must be retried ends the batch
-//! there, after everything before it is settled.
+//! per message (transactional handlers). Outcomes stay per message through the same
+//! [`Engine::triage`] as single messages: a poison message becomes a failure without touching
+//! its neighbours; a message that must be retried ends the batch there, after everything
+//! before it is settled.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::{
-    AckFields, Attempt, CheckedAhead, Disposition, Engine, EngineError, RetryMode, abandon,
-};
-use crate::handler::{Handler, HandlerError, Outcome};
+use super::attempt::{AckFields, Attempt};
+use super::modes::abandon;
+use super::session::{CheckedAhead, Progress};
+use super::triage::{RetryMode, Rows, Verdict};
+use super::{BatchOutcome, Disposition, Engine, EngineError, Policy};
+use crate::handler::Handler;
 use crate::instrument::Notification;
 use crate::message::{Message, Origin};
-use crate::store::{Conn, NewEvent};
+use crate::store::{Conn, NewEvent, NewFailure};
 
-/// What a batch did.
-#[derive(Debug)]
-pub struct BatchOutcome {
-    /// One disposition per settled message, in order: messages `0..settled.len()` may have
-    /// their offsets committed.
-    pub settled: Vec<Disposition>,
-    /// Set when message `settled.len()` failed and may be retried (with `retry_count + 1`);
-    /// the messages after it were not processed.
-    pub retry: Option<HandlerError>,
-    /// The duplicate check of the `next` messages given to [`Engine::process_batch_checked`],
-    /// with this batch's stored keys added; `None` when none were given, when the check
-    /// failed, or when this batch ends in a retry (its remaining messages may still store
-    /// keys the check does not know).
-    pub next_checked: Option<CheckedAhead>,
+/// Per-message batch rows: acks are buffered for one multi-row insert after the batch's
+/// `consume` calls; failures are stored on their own at once.
+#[derive(Default)]
+struct Buffered {
+    /// Index in the batch and fields of each acked message.
+    acked: Vec<(usize, AckFields)>,
+    /// Index of the message being concluded.
+    current: usize,
+}
+
+impl Rows for Buffered {
+    async fn ack(
+        &mut self,
+        _: &Engine,
+        _: &Attempt<'_>,
+        fields: &AckFields,
+        _: &dyn Progress,
+    ) -> Result<Option<bool>, EngineError> {
+        self.acked.push((self.current, fields.clone()));
+        Ok(None)
+    }
+
+    async fn release(&mut self, _: &Engine, _: &Attempt<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn fail(
+        &mut self,
+        engine: &Engine,
+        row: &NewFailure<'_>,
+        progress: &dyn Progress,
+    ) -> Result<i64, EngineError> {
+        engine
+            .store_step(progress, || engine.store.record_failure(row))
+            .await
+    }
+}
+
+/// Transactional batch rows: the batch transaction, a savepoint around each message.
+struct Savepoints<'t, 'c> {
+    conn: &'t mut Conn<'c>,
+}
+
+impl Rows for Savepoints<'_, '_> {
+    async fn ack(
+        &mut self,
+        _: &Engine,
+        attempt: &Attempt<'_>,
+        fields: &AckFields,
+        _: &dyn Progress,
+    ) -> Result<Option<bool>, EngineError> {
+        self.conn
+            .complete_event(attempt.key(), &attempt.event_row(fields))
+            .await?;
+        self.conn.commit().await?;
+        // Durable with the batch's commit, and notified then.
+        Ok(None)
+    }
+
+    async fn release(&mut self, _: &Engine, attempt: &Attempt<'_>) -> Result<(), EngineError> {
+        self.conn.rollback().await?;
+        self.conn.delete_event(attempt.key()).await?;
+        Ok(())
+    }
+
+    async fn fail(
+        &mut self,
+        _: &Engine,
+        row: &NewFailure<'_>,
+        _: &dyn Progress,
+    ) -> Result<i64, EngineError> {
+        // Inside the batch transaction: an outage aborts it, and the batch is run again.
+        Ok(self.conn.record_failure(row).await?)
+    }
 }
 
 impl Engine {
@@ -62,30 +125,53 @@ impl Engine {
         messages: &[Message],
         origin: &Origin,
         retry_count: u32,
+        ahead: Option<CheckedAhead>,
+        next: &[Message],
+    ) -> Result<BatchOutcome, EngineError> {
+        let policy = Policy::default();
+        let progress = super::Sleep;
+        self.batch(
+            handler,
+            messages,
+            origin,
+            &policy,
+            retry_count,
+            ahead,
+            next,
+            &progress,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn batch(
+        &self,
+        handler: &dyn Handler,
+        messages: &[Message],
+        origin: &Origin,
+        policy: &Policy,
+        retry_count: u32,
         mut ahead: Option<CheckedAhead>,
         next: &[Message],
+        progress: &dyn Progress,
     ) -> Result<BatchOutcome, EngineError> {
         let attempts: Vec<Attempt<'_>> = messages
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let key = ahead.as_mut().and_then(|a| a.take_key(m));
-                self.attempt(
-                    handler,
-                    m,
-                    origin,
-                    if i == 0 { retry_count } else { 0 },
-                    key,
-                )
+                let retries = if i == 0 { retry_count } else { 0 };
+                Attempt::new(handler, m, origin, policy, retries, key)
             })
             .collect();
         let work = async {
             let started = Instant::now();
             let existing = self.batch_existing(&attempts, ahead).await?;
             let outcome = if handler.transactional() {
-                self.transactional_batch(&attempts, &existing).await
+                self.transactional_batch(&attempts, &existing, progress)
+                    .await
             } else {
-                self.per_message_batch(&attempts, existing).await
+                self.per_message_batch(&attempts, existing, progress).await
             };
             outcome.map(|outcome| (outcome, started.elapsed()))
         };
@@ -107,10 +193,7 @@ impl Engine {
         if outcome.retry.is_none() {
             outcome.next_checked = next_checked.map(|mut checked| {
                 for (attempt, disposition) in attempts.iter().zip(&outcome.settled) {
-                    if matches!(
-                        disposition,
-                        Disposition::Acknowledged { .. } | Disposition::AlreadyConsumed
-                    ) {
+                    if disposition.stored_event() {
                         checked.add_stored(&attempt.message.topic, &attempt.metadata.checksum);
                     }
                 }
@@ -159,55 +242,55 @@ impl Engine {
         &self,
         attempts: &[Attempt<'_>],
         mut seen: HashSet<String>,
+        progress: &dyn Progress,
     ) -> Result<BatchOutcome, EngineError> {
-        let mut settled: Vec<Option<Disposition>> = Vec::with_capacity(attempts.len());
-        let mut acked: Vec<(usize, AckFields)> = Vec::new();
+        let mut settled = Vec::with_capacity(attempts.len());
+        let mut rows = Buffered::default();
         let mut retry = None;
         for (i, attempt) in attempts.iter().enumerate() {
             if seen.contains(&attempt.metadata.checksum) {
                 self.fire(Notification::EventAlreadyConsumed, attempt, None);
-                settled.push(Some(Disposition::AlreadyConsumed));
+                settled.push(Disposition::AlreadyConsumed);
                 continue;
             }
-            let result = self.consume(attempt, None).await;
-            match result {
-                Ok(Outcome::Ack(ack)) => {
-                    seen.insert(attempt.metadata.checksum.clone());
-                    acked.push((i, attempt.ack_fields(ack)));
-                    settled.push(None);
+            let verdict = match &attempt.unusable {
+                Some(problem) => Verdict::Fail(problem.error()),
+                None => {
+                    let called = self.consume(attempt, None).await;
+                    self.triage(attempt, called.result, RetryMode::Decide)
                 }
-                Ok(_) => {
-                    self.fire(Notification::EventSkipped, attempt, None);
-                    settled.push(Some(Disposition::Skipped));
+            };
+            rows.current = i;
+            match self.conclude(&mut rows, attempt, verdict, progress).await? {
+                Disposition::Retry(error) => {
+                    retry = Some(error);
+                    break;
                 }
-                Err(error) => match self
-                    .settle_error(attempt, error, RetryMode::Decide, None)
-                    .await?
-                {
-                    Disposition::Retry(error) => {
-                        retry = Some(error);
-                        break;
+                disposition => {
+                    if disposition.stored_event() {
+                        seen.insert(attempt.metadata.checksum.clone());
                     }
-                    other => settled.push(Some(other)),
-                },
+                    settled.push(disposition);
+                }
             }
         }
         // consume has run for these: store them even if the database blinks meanwhile.
         let started = Instant::now();
-        let rows: Vec<NewEvent<'_>> = acked
+        let events: Vec<NewEvent<'_>> = rows
+            .acked
             .iter()
-            .map(|(i, f)| attempts[*i].event_row(f))
+            .map(|(i, fields)| attempts[*i].event_row(fields))
             .collect();
         let inserted = self
-            .wait_out_outage(|| self.store.insert_events(&rows))
+            .store_step(progress, || self.store.insert_events(&events))
             .await?;
-        let share = per_message(started.elapsed(), rows.len());
-        for ((i, _), inserted) in acked.iter().zip(inserted) {
+        let share = per_message(started.elapsed(), events.len());
+        for ((i, _), inserted) in rows.acked.iter().zip(inserted) {
             self.fire(Notification::EventAcknowledged, &attempts[*i], Some(share));
-            settled[*i] = Some(Disposition::Acknowledged { inserted });
+            settled[*i] = Disposition::Acknowledged { inserted };
         }
         Ok(BatchOutcome {
-            settled: settled.into_iter().flatten().collect(),
+            settled,
             retry,
             next_checked: None,
         })
@@ -217,37 +300,43 @@ impl Engine {
         &self,
         attempts: &[Attempt<'_>],
         existing: &HashSet<String>,
+        progress: &dyn Progress,
     ) -> Result<BatchOutcome, EngineError> {
         let mut pooled = self.store.conn().await?;
         let mut conn = pooled.conn();
         conn.begin().await?;
-        match self.claim_and_consume(&mut conn, attempts, existing).await {
-            Ok(outcome) => {
-                if let Err(error) = conn.commit().await {
-                    return Err(abandon(&mut conn, error).await);
-                }
-                for (attempt, disposition) in attempts.iter().zip(&outcome.settled) {
-                    if matches!(disposition, Disposition::Acknowledged { .. }) {
-                        self.fire(Notification::EventAcknowledged, attempt, None);
-                    }
-                }
-                Ok(outcome)
-            }
-            Err(EngineError::Store(error)) => Err(abandon(&mut conn, error).await),
+        let outcome = match self
+            .claim_and_consume(&mut conn, attempts, existing, progress)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(EngineError::Store(error)) => return Err(abandon(&mut conn, error).await),
             Err(other) => {
                 let _ = conn.rollback().await;
-                Err(other)
+                return Err(other);
+            }
+        };
+        if let Err(error) = conn.commit().await {
+            return Err(abandon(&mut conn, error).await);
+        }
+        for (attempt, disposition) in attempts.iter().zip(&outcome.settled) {
+            if matches!(disposition, Disposition::Acknowledged { .. }) {
+                self.fire(Notification::EventAcknowledged, attempt, None);
             }
         }
+        Ok(outcome)
     }
 
     /// Inside the batch transaction: claim every new key in one statement, then consume each
-    /// claimed message in a savepoint.
+    /// claimed message in a savepoint. A key is claimed once per batch: a repeat of a key
+    /// acked earlier in the batch is a duplicate, a repeat of one whose claim was released
+    /// (skip, failure) is claimed again and consumed, as a redelivery would be.
     async fn claim_and_consume(
         &self,
         conn: &mut Conn<'_>,
         attempts: &[Attempt<'_>],
         existing: &HashSet<String>,
+        progress: &dyn Progress,
     ) -> Result<BatchOutcome, EngineError> {
         let empty = AckFields::default();
         let claims: Vec<NewEvent<'_>> = attempts
@@ -262,50 +351,43 @@ impl Engine {
             .filter(|(_, inserted)| *inserted)
             .map(|(row, _)| row.checksum)
             .collect();
+        let mut released: HashSet<&str> = HashSet::new();
         let mut settled = Vec::with_capacity(attempts.len());
         let mut retry = None;
         for (i, attempt) in attempts.iter().enumerate() {
-            // A key is claimed once per batch: a repeat inside the batch is a duplicate.
-            if !claimed.remove(attempt.metadata.checksum.as_str()) {
+            let key = attempt.metadata.checksum.as_str();
+            let ours = claimed.remove(key)
+                || (released.remove(key) && conn.insert_event(&attempt.event_row(&empty)).await?);
+            if !ours {
                 self.fire(Notification::EventAlreadyConsumed, attempt, None);
                 settled.push(Disposition::AlreadyConsumed);
                 continue;
             }
-            conn.begin().await?;
-            let result = self.consume(attempt, Some(conn.reborrow())).await;
-            match result {
-                Ok(Outcome::Ack(ack)) => {
-                    let fields = attempt.ack_fields(ack);
-                    conn.complete_event(attempt.key(), &attempt.event_row(&fields))
-                        .await?;
-                    conn.commit().await?;
-                    settled.push(Disposition::Acknowledged { inserted: true });
+            let mut rows = Savepoints { conn: &mut *conn };
+            rows.conn.begin().await?;
+            let verdict = match &attempt.unusable {
+                Some(problem) => Verdict::Fail(problem.error()),
+                None => {
+                    let called = self.consume(attempt, Some(rows.conn.reborrow())).await;
+                    self.triage(attempt, called.result, RetryMode::Decide)
                 }
-                Ok(_) => {
-                    conn.rollback().await?;
-                    conn.delete_event(attempt.key()).await?;
-                    self.fire(Notification::EventSkipped, attempt, None);
-                    settled.push(Disposition::Skipped);
-                }
-                Err(error) => {
-                    conn.rollback().await?;
-                    conn.delete_event(attempt.key()).await?;
-                    match self
-                        .settle_error(attempt, error, RetryMode::Decide, Some(&mut *conn))
-                        .await?
-                    {
-                        Disposition::Retry(error) => {
-                            // Release the claims of the messages this batch will not reach.
-                            for later in &attempts[i + 1..] {
-                                if claimed.remove(later.metadata.checksum.as_str()) {
-                                    conn.delete_event(later.key()).await?;
-                                }
-                            }
-                            retry = Some(error);
-                            break;
+            };
+            match self.conclude(&mut rows, attempt, verdict, progress).await? {
+                Disposition::Retry(error) => {
+                    // Release the claims of the messages this batch will not reach.
+                    for later in &attempts[i + 1..] {
+                        if claimed.remove(later.metadata.checksum.as_str()) {
+                            conn.delete_event(later.key()).await?;
                         }
-                        other => settled.push(other),
                     }
+                    retry = Some(error);
+                    break;
+                }
+                disposition => {
+                    if !disposition.stored_event() {
+                        released.insert(key);
+                    }
+                    settled.push(disposition);
                 }
             }
         }

@@ -26,7 +26,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
-pub use self::queries::MAX_TEXT_LEN;
+pub use self::queries::{MAX_TEXT_LEN, check_text};
 pub use self::url::DatabaseUrl;
 pub(crate) use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
@@ -105,6 +105,16 @@ impl PooledConn {
             PooledInner::Sqlite(c) => Conn::Sqlite(c),
             PooledInner::Postgres(c) => Conn::Postgres(c),
             PooledInner::Mysql(c) => Conn::Mysql(c),
+        }
+    }
+
+    /// Closes the connection instead of returning it to the pool: for a connection whose
+    /// state is unknown (a statement or transaction interrupted mid-flight).
+    pub(crate) fn discard(self) {
+        match self.inner {
+            PooledInner::Sqlite(c) => drop(Object::take(c)),
+            PooledInner::Postgres(c) => drop(Object::take(*c)),
+            PooledInner::Mysql(c) => drop(Object::take(c)),
         }
     }
 }

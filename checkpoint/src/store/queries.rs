@@ -20,34 +20,37 @@ pub const MAX_TEXT_LEN: usize = 255;
 /// Rows per multi-row INSERT; keeps every backend well under its bind-parameter limit.
 const INSERT_CHUNK: usize = 1000;
 
-fn check_len(field: &'static str, value: Option<&str>) -> StoreResult<()> {
+/// Checks that `value` fits a checkpoint text column: at most [`MAX_TEXT_LEN`] characters and
+/// no NUL (PostgreSQL text cannot hold one).
+pub fn check_text(field: &'static str, value: Option<&str>) -> StoreResult<()> {
     match value {
         Some(v) if v.chars().count() > MAX_TEXT_LEN => Err(StoreError::FieldTooLong {
             field,
             len: v.chars().count(),
             max: MAX_TEXT_LEN,
         }),
+        Some(v) if v.contains('\0') => Err(StoreError::FieldInvalid { field }),
         _ => Ok(()),
     }
 }
 
 /// Rejects values that a backend would otherwise truncate or refuse mid-transaction.
 pub(crate) fn validate_event(row: &NewEvent<'_>) -> StoreResult<()> {
-    check_len("topic", Some(row.topic))?;
-    check_len("group_id", Some(row.group_id))?;
-    check_len("checksum", Some(row.checksum))?;
-    check_len("entity_id", row.entity_id)?;
-    check_len("event_type", row.event_type)?;
-    check_len("event_version", row.event_version)
+    check_text("topic", Some(row.topic))?;
+    check_text("group_id", Some(row.group_id))?;
+    check_text("checksum", Some(row.checksum))?;
+    check_text("entity_id", row.entity_id)?;
+    check_text("event_type", row.event_type)?;
+    check_text("event_version", row.event_version)
 }
 
 fn validate_failure(row: &NewFailure<'_>) -> StoreResult<()> {
-    check_len("topic", Some(row.topic))?;
-    check_len("group_id", Some(row.group_id))?;
-    check_len("checksum", Some(row.checksum))?;
-    check_len("entity_id", row.entity_id)?;
-    check_len("event_type", row.event_type)?;
-    check_len("event_version", row.event_version)
+    check_text("topic", Some(row.topic))?;
+    check_text("group_id", Some(row.group_id))?;
+    check_text("checksum", Some(row.checksum))?;
+    check_text("entity_id", row.entity_id)?;
+    check_text("event_type", row.event_type)?;
+    check_text("event_version", row.event_version)
 }
 
 /// Builds the filtered, boxed listing query of `$table` for backend `$db`.

@@ -1,0 +1,459 @@
+//! One delivery attempt: the message, its dedup key, the listener's policy, and every call
+//! into handler code, each guarded so that a panic becomes a permanent handler error instead
+//! of killing the partition.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{NaiveDateTime, Utc};
+use futures_util::FutureExt as _;
+use serde::{Deserialize, Serialize};
+
+use super::Backoff;
+use crate::handler::{Ack, Context, Handler, HandlerError, Outcome, default_retry_decision};
+use crate::message::{Header, Message, Metadata, Origin, checksum};
+use crate::store::{Conn, DedupKey, NewEvent, NewFailure, StoreError, check_text};
+
+/// What a listener decides about its messages; the engine reads it on every attempt. The
+/// default: a 1 s – 60 s backoff, retries without bound, no handler timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Backoff between retries of a failing message.
+    pub backoff: Backoff,
+    /// Retries for handlers that declare no `max_retries` (`[db_checkpoint] max_retries`);
+    /// `None` retries them forever. A handler's own `max_retries` wins.
+    pub default_max_retries: Option<u32>,
+    /// Longest time one `consume` call may take. When it fires, the call is dropped at its
+    /// pending await and the attempt fails with a retryable error of class `timeout`: its side
+    /// effects outside the checkpoint transaction may have happened, so the retry is
+    /// at-least-once for them. `None` (the default) never interrupts `consume`.
+    pub handler_timeout: Option<Duration>,
+}
+
+
+/// Why a message cannot be attempted at all: its dedup key panicked or does not fit.
+pub(super) struct KeyProblem {
+    class: &'static str,
+    message: String,
+}
+
+impl KeyProblem {
+    pub(super) fn error(&self) -> HandlerError {
+        HandlerError::with_class(self.class, &self.message).into_permanent()
+    }
+}
+
+/// The dedup key of `message`: its `dedup_key` when it gives one that fits, else the payload
+/// MD5 (with the problem, when `dedup_key` panicked or gave a value the store cannot hold).
+pub(super) fn dedup_key(handler: &dyn Handler, message: &Message) -> (String, Option<KeyProblem>) {
+    match guard("dedup_key", || handler.dedup_key(message)) {
+        Ok(Some(key)) if !key.is_empty() => match check_text("dedup key", Some(&key)) {
+            Ok(()) => (key, None),
+            Err(error) => (
+                checksum(&message.payload),
+                Some(KeyProblem {
+                    class: "checkpoint::store::StoreError",
+                    message: error.to_string(),
+                }),
+            ),
+        },
+        Ok(_) => (checksum(&message.payload), None),
+        Err(panic) => (
+            checksum(&message.payload),
+            Some(KeyProblem {
+                class: crate::handler::PANIC_CLASS,
+                message: panic.message().to_owned(),
+            }),
+        ),
+    }
+}
+
+/// Runs handler code `site`; a panic comes back as a permanent error of class `panic`.
+pub(super) fn guard<T>(site: &str, call: impl FnOnce() -> T) -> Result<T, HandlerError> {
+    catch_unwind(AssertUnwindSafe(call)).map_err(|payload| HandlerError::panicked(site, &*payload))
+}
+
+/// The data one attempt works with.
+pub(super) struct Attempt<'a> {
+    pub(super) handler: &'a dyn Handler,
+    pub(super) message: &'a Message,
+    pub(super) origin: &'a Origin,
+    pub(super) policy: &'a Policy,
+    pub(super) metadata: Metadata,
+    /// Set when the message fails without a call to `consume`.
+    pub(super) unusable: Option<KeyProblem>,
+}
+
+/// How a call of `consume` ended.
+pub(super) struct Called {
+    pub(super) result: Result<Outcome, HandlerError>,
+    /// The call was dropped mid-flight (`handler_timeout`): a connection it used is in an
+    /// unknown state.
+    pub(super) interrupted: bool,
+}
+
+impl<'a> Attempt<'a> {
+    pub(super) fn new(
+        handler: &'a dyn Handler,
+        message: &'a Message,
+        origin: &'a Origin,
+        policy: &'a Policy,
+        retry_count: u32,
+        key: Option<String>,
+    ) -> Self {
+        let (checksum, unusable) = match key {
+            Some(key) => (key, None),
+            None => dedup_key(handler, message),
+        };
+        let metadata = Metadata {
+            listener_id: origin.listener_id.clone(),
+            group_id: origin.group_id.clone(),
+            handler: handler.name().to_owned(),
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            key: message
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            retry_count,
+            checksum,
+        };
+        Self {
+            handler,
+            message,
+            origin,
+            policy,
+            metadata,
+            unusable,
+        }
+    }
+
+    pub(super) fn key(&self) -> DedupKey<'_> {
+        DedupKey {
+            topic: &self.message.topic,
+            group_id: &self.origin.group_id,
+            checksum: &self.metadata.checksum,
+        }
+    }
+
+    /// Calls `consume`, with the open transaction in transactional mode, catching a panic and
+    /// bounding it by `handler_timeout`.
+    pub(super) async fn consume(&self, conn: Option<Conn<'_>>) -> Called {
+        let mut ctx = Context::new(&self.metadata, conn);
+        let call = AssertUnwindSafe(async { self.handler.consume(self.message, &mut ctx).await })
+            .catch_unwind();
+        let caught = match self.policy.handler_timeout {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(caught) => caught,
+                Err(_) => {
+                    return Called {
+                        result: Err(HandlerError::timed_out(limit)),
+                        interrupted: true,
+                    };
+                }
+            },
+        };
+        Called {
+            result: caught
+                .unwrap_or_else(|payload| Err(HandlerError::panicked("consume", &*payload))),
+            interrupted: false,
+        }
+    }
+
+    /// Whether to retry after `error`: never for permanent errors; else the handler's
+    /// `retry_consume`, bounded by the listener's default `max_retries` when the handler
+    /// declares none. A panicking `retry_consume` is the error that ends the message.
+    pub(super) fn retry_decision(&self, error: HandlerError) -> Result<HandlerError, HandlerError> {
+        if error.is_permanent() {
+            return Err(error);
+        }
+        let handler = self.handler;
+        let decided = guard("retry_consume", || {
+            handler.retry_consume(self.message, &self.metadata, &error)
+        });
+        // The listener's default bounds only handlers that declare no max_retries; a handler's
+        // own retry decision may go past its own max_retries.
+        let cap = match handler.max_retries() {
+            Some(_) => None,
+            None => self.policy.default_max_retries,
+        };
+        match decided {
+            Ok(true) if default_retry_decision(cap, self.metadata.retry_count) => Ok(error),
+            Ok(_) => Err(error),
+            Err(panic) => Err(panic),
+        }
+    }
+
+    /// The ack's fields, empty ones filled from the extractors; an error when an extractor
+    /// panics or a value does not fit its column (the message then fails).
+    pub(super) fn ack_fields(&self, ack: Ack) -> Result<AckFields, HandlerError> {
+        let (handler, message) = (self.handler, self.message);
+        let fields = AckFields {
+            entity_id: match ack.entity_id {
+                Some(v) => Some(v),
+                None => guard("entity_id", || handler.entity_id(message))?,
+            },
+            event_time: match ack.event_time {
+                Some(v) => Some(v),
+                None => guard("entity_time", || handler.entity_time(message))?,
+            }
+            .map(|t| t.naive_utc()),
+            event_type: match ack.event_type {
+                Some(v) => Some(v),
+                None => guard("event_type", || handler.event_type(message))?,
+            },
+            event_version: match ack.event_version {
+                Some(v) => Some(v),
+                None => guard("event_version", || handler.event_version(message))?,
+            },
+        };
+        fields.check().map_err(HandlerError::permanent)?;
+        Ok(fields)
+    }
+
+    /// The event row for `fields`.
+    pub(super) fn event_row<'r>(&'r self, fields: &'r AckFields) -> NewEvent<'r> {
+        NewEvent {
+            topic: &self.message.topic,
+            group_id: &self.origin.group_id,
+            partition: self.message.partition,
+            offset: self.message.offset,
+            key: self.message.key.as_deref(),
+            checksum: &self.metadata.checksum,
+            entity_id: fields.entity_id.as_deref(),
+            event_time: fields.event_time,
+            event_type: fields.event_type.as_deref(),
+            event_version: fields.event_version.as_deref(),
+            payload: &self.message.payload,
+            created_at: Some(Utc::now().naive_utc()),
+        }
+    }
+
+    /// What the failure row of this attempt holds besides the row's own columns. Extractor
+    /// values that panic or do not fit are left empty and named in `omitted`.
+    pub(super) fn failure(&self, error: &HandlerError) -> FailureParts {
+        let (handler, message) = (self.handler, self.message);
+        let mut omitted = Vec::new();
+        let mut text =
+            |field: &'static str, value: Result<Option<String>, HandlerError>| match value
+                .map(|v| check_text(field, v.as_deref()).map(|()| v))
+            {
+                Ok(Ok(value)) => value,
+                Ok(Err(error)) => {
+                    omitted.push(error.to_string());
+                    None
+                }
+                Err(panic) => {
+                    omitted.push(format!("{field} left empty: {}", panic.message()));
+                    None
+                }
+            };
+        let entity_id = text(
+            "entity_id",
+            guard("entity_id", || handler.entity_id(message)),
+        );
+        let event_type = text(
+            "event_type",
+            guard("event_type", || handler.event_type(message)),
+        );
+        let event_version = text(
+            "event_version",
+            guard("event_version", || handler.event_version(message)),
+        );
+        let event_time = match guard("entity_time", || handler.entity_time(message)) {
+            Ok(time) => time.map(|t| t.naive_utc()),
+            Err(panic) => {
+                omitted.push(format!("event_time left empty: {}", panic.message()));
+                None
+            }
+        };
+        let mut error_message = error.message().to_owned();
+        if !omitted.is_empty() {
+            error_message = format!("{error_message} [{}]", omitted.join("; "));
+        }
+        let metadata = FailureMetadata::of(self, omitted);
+        FailureParts {
+            entity_id,
+            event_time,
+            event_type,
+            event_version,
+            metadata: serde_json::to_string(&metadata).unwrap_or_default(),
+            error_message,
+            backtrace: serde_json::Value::from(error.backtrace_lines()).to_string(),
+        }
+    }
+}
+
+/// Owned ack fields, resolved against the extractors.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AckFields {
+    pub(super) entity_id: Option<String>,
+    pub(super) event_time: Option<NaiveDateTime>,
+    pub(super) event_type: Option<String>,
+    pub(super) event_version: Option<String>,
+}
+
+impl AckFields {
+    fn check(&self) -> Result<(), StoreError> {
+        check_text("entity_id", self.entity_id.as_deref())?;
+        check_text("event_type", self.event_type.as_deref())?;
+        check_text("event_version", self.event_version.as_deref())
+    }
+}
+
+/// The owned parts of a failure row.
+pub(super) struct FailureParts {
+    entity_id: Option<String>,
+    event_time: Option<NaiveDateTime>,
+    event_type: Option<String>,
+    event_version: Option<String>,
+    metadata: String,
+    error_message: String,
+    backtrace: String,
+}
+
+impl FailureParts {
+    pub(super) fn row<'r>(
+        &'r self,
+        attempt: &'r Attempt<'_>,
+        error: &'r HandlerError,
+    ) -> NewFailure<'r> {
+        let message = attempt.message;
+        NewFailure {
+            created_at: Some(Utc::now().naive_utc()),
+            topic: &message.topic,
+            group_id: &attempt.origin.group_id,
+            partition: message.partition,
+            offset: message.offset,
+            key: message.key.as_deref(),
+            checksum: &attempt.metadata.checksum,
+            entity_id: self.entity_id.as_deref(),
+            event_time: self.event_time,
+            event_type: self.event_type.as_deref(),
+            event_version: self.event_version.as_deref(),
+            payload: &message.payload,
+            metadata: &self.metadata,
+            error_class: error.class(),
+            error_message: &self.error_message,
+            error_backtrace: &self.backtrace,
+            attempts: i32::try_from(attempt.metadata.retry_count.saturating_add(1))
+                .unwrap_or(i32::MAX),
+        }
+    }
+}
+
+/// Bytes in JSON: text when they are UTF-8, else `{"base64": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(super) enum JsonBytes {
+    Text(String),
+    Binary { base64: String },
+}
+
+impl JsonBytes {
+    fn of(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::Text(text.to_owned()),
+            Err(_) => Self::Binary {
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Self::Text(text) => Some(text.into_bytes()),
+            Self::Binary { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .ok(),
+        }
+    }
+}
+
+/// One header in a failure's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct HeaderJson {
+    key: JsonBytes,
+    value: Option<JsonBytes>,
+}
+
+/// The `metadata` column of a failure row: where the message came from and how it was
+/// handled. Written by the engine, read back by operator retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct FailureMetadata {
+    pub(super) listener_id: String,
+    pub(super) handler: String,
+    pub(super) group_id: String,
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) key: Option<JsonBytes>,
+    #[serde(default)]
+    pub(super) headers: Vec<HeaderJson>,
+    pub(super) timestamp: Option<String>,
+    pub(super) retry_count: u32,
+    /// Extractor values the failure row could not hold, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) omitted: Vec<String>,
+}
+
+impl FailureMetadata {
+    fn of(attempt: &Attempt<'_>, omitted: Vec<String>) -> Self {
+        let message = attempt.message;
+        Self {
+            listener_id: attempt.metadata.listener_id.clone(),
+            handler: attempt.metadata.handler.clone(),
+            group_id: attempt.origin.group_id.clone(),
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            key: message.key.as_deref().map(JsonBytes::of),
+            headers: message
+                .headers
+                .iter()
+                .map(|h| HeaderJson {
+                    key: JsonBytes::of(&h.key),
+                    value: h.value.as_deref().map(JsonBytes::of),
+                })
+                .collect(),
+            timestamp: message.timestamp.map(|t| t.to_rfc3339()),
+            retry_count: attempt.metadata.retry_count,
+            omitted,
+        }
+    }
+
+    /// The headers stored in a failure's `metadata`; none when it does not parse.
+    pub(super) fn headers_of(metadata: &str) -> Vec<Header> {
+        serde_json::from_str::<Self>(metadata)
+            .map(|m| {
+                m.headers
+                    .into_iter()
+                    .filter_map(|h| {
+                        Some(Header {
+                            key: h.key.into_bytes()?,
+                            value: h.value.and_then(JsonBytes::into_bytes),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_bytes_round_trip_through_json() {
+        let binary = JsonBytes::of(&[0xff, 0x00]);
+        assert!(matches!(binary, JsonBytes::Binary { .. }));
+        let text = serde_json::to_string(&binary).expect("json");
+        let back: JsonBytes = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.into_bytes(), Some(vec![0xff, 0x00]));
+        assert_eq!(JsonBytes::of(b"text").into_bytes(), Some(b"text".to_vec()));
+    }
+}
