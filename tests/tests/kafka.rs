@@ -81,6 +81,10 @@ async fn five_thousand_messages_with_duplicates_and_poison(db: TestDb) {
     db.cleanup().await;
 }
 
+/// An in-process "crash": the listener's task is cancelled mid-stream. Its workers die where
+/// they stand and their transactions are abandoned, but the consumer is then closed, which
+/// commits the offsets already stored: this is a crash right after the last offset commit,
+/// not a process kill. `processes.rs` kills real consumer processes with SIGKILL.
 async fn consumers_dropped_mid_stream_apply_nothing_twice(db: TestDb) {
     db.create_side_effects_table().await;
     let (topic, group) = ("orders", "crashy");
@@ -102,7 +106,7 @@ async fn consumers_dropped_mid_stream_apply_nothing_twice(db: TestDb) {
             stats.snapshot().settled() >= threshold / 3 && db.event_count().await > events_before
         })
         .await;
-        // A crash: no drain, no final commit, transactions in flight abandoned.
+        // No drain and transactions in flight abandoned (see above for the commit on close).
         task.abort();
         let _ = task.await;
         assert!(
@@ -124,29 +128,44 @@ async fn a_second_consumer_joins_then_leaves(db: TestDb) {
     let (topic, group) = ("orders", "scaling");
     let cluster = Cluster::new(topic, 3);
     let (messages, unique, poison) = workload(3_000, 3);
-    cluster.produce(topic, &messages).await;
+    let (first_half, second_half) = messages.split_at(1_500);
+    cluster.produce(topic, first_half).await;
     let (stop_a, task_a) = start(
         spec(&cluster, Arc::new(Sink), topic, group).listener_id("a"),
         &db,
     );
-    wait_until(TIMEOUT, "first third", || async {
+    wait_until(TIMEOUT, "the first consumer's progress", || async {
         db.event_count().await >= 600
     })
     .await;
-    let (stop_b, task_b) = start(
+    let b = Listener::new(
         spec(&cluster, Arc::new(Sink), topic, group).listener_id("b"),
-        &db,
+        Engine::new(db.store.clone()),
     );
-    wait_until(TIMEOUT, "second third", || async {
-        db.event_count().await >= 1_500
-    })
+    let b_stats = b.stats();
+    let (stop_b, stopped_b) = oneshot::channel::<()>();
+    let task_b = tokio::spawn(b.run(async {
+        let _ = stopped_b.await;
+    }));
+    // Produced once b is in the group: the rebalance gives it partitions with work in them.
+    cluster.produce(topic, second_half).await;
+    wait_until(
+        TIMEOUT,
+        "the second consumer to settle messages",
+        || async { b_stats.snapshot().settled() >= 100 },
+    )
     .await;
     stop_b.send(()).expect("stop b");
-    task_b.await.expect("join b");
+    task_b.await.expect("join b").expect("listener b");
     wait_for_all(&db, unique.len(), poison).await;
     wait_for_commits(&cluster, topic, group, 3).await;
     stop_a.send(()).expect("stop a");
     task_a.await.expect("join a");
+    assert!(
+        b_stats.snapshot().settled() >= 100,
+        "the second consumer owned partitions and did work: {:?}",
+        b_stats.snapshot()
+    );
     assert_exactly_once(&db, &cluster, topic, group, unique.len(), poison, 3).await;
     db.cleanup().await;
 }

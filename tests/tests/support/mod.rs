@@ -4,6 +4,7 @@
 
 pub mod handlers;
 pub mod kafka;
+pub mod proxy;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -182,30 +183,54 @@ impl TestDb {
         rows[0]
     }
 
-    /// Drops what the test created on a server.
+    /// Drops what the test created on a server (what dropping the `TestDb` does anyway,
+    /// also when an assertion fails first).
     pub async fn cleanup(self) {
-        match self.cleanup {
-            Cleanup::File(_) => {}
-            Cleanup::PostgresSchema { admin_url, schema } => {
-                drop(self.store);
-                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
-                    let _ = admin
-                        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                        .await;
-                }
-            }
+        drop(self);
+    }
+}
+
+impl Drop for TestDb {
+    /// A guard: the schema or database a test made is dropped however the test ends. The
+    /// statement runs on a thread of its own, since a destructor cannot await.
+    fn drop(&mut self) {
+        let statement = match &self.cleanup {
+            Cleanup::File(_) => return,
+            // Bounded lock waits: a connection a failed test left in a transaction must not
+            // hang the suite.
+            Cleanup::PostgresSchema { admin_url, schema } => (
+                admin_url.clone(),
+                format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                true,
+            ),
             Cleanup::MysqlDatabase {
                 admin_url,
                 database,
-            } => {
-                drop(self.store);
-                if let Ok(mut admin) = AsyncMysqlConnection::establish(&admin_url).await {
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE {database}"))
-                        .await;
+            } => (
+                admin_url.clone(),
+                format!("SET SESSION lock_wait_timeout = 5; DROP DATABASE IF EXISTS {database}"),
+                false,
+            ),
+        };
+        let (admin_url, sql, postgres) = statement;
+        let dropped = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if postgres {
+                    if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url).await {
+                        let _ = admin.batch_execute(&sql).await;
+                    }
+                } else if let Ok(mut admin) = AsyncMysqlConnection::establish(&admin_url).await {
+                    let _ = admin.batch_execute(&sql).await;
                 }
-            }
-        }
+            });
+        });
+        let _ = dropped.join();
     }
 }
 
