@@ -29,6 +29,20 @@ fn spec(cluster: &Cluster, handler: Arc<dyn Handler>, topic: &str, group: &str) 
     spec
 }
 
+type Running = (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), ListenerError>>,
+);
+
+/// Runs `listener` until the sender fires.
+fn start(listener: Listener) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(listener.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 /// Acks every message once `gate` lets it through; `entered` fires as each call begins.
 /// The first `hang` calls never return.
 struct Gated {
@@ -97,10 +111,7 @@ async fn a_hung_consume_is_cut_off_by_handler_timeout_and_retried(db: TestDb) {
         spec(&cluster, handler.clone(), topic, group).handler_timeout(Duration::from_millis(300)),
         Engine::new(db.store.clone()),
     );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = start(listener);
     wait_until(
         PATIENCE,
         "the message after its hung first call",
@@ -137,10 +148,7 @@ async fn received_messages_stay_within_max_queued_bytes(db: TestDb) {
         Engine::new(db.store.clone()),
     );
     let stats = listener.stats();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = start(listener);
     handler.entered.notified().await;
     // The handler holds the first message; the listener may take in only what fits.
     let mut peak = 0;
@@ -231,10 +239,7 @@ async fn shutdown_during_a_database_outage_ends_within_its_bound(db: TestDb) {
         spec(&cluster, handler.clone(), topic, group).shutdown_timeout(Duration::from_secs(5)),
         Engine::new(store.clone()),
     );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = start(listener);
     handler.entered.notified().await;
     proxy.cut();
     handler.gate.add_permits(1);
@@ -265,10 +270,7 @@ async fn shutdown_during_a_database_outage_ends_within_its_bound(db: TestDb) {
         spec(&cluster, again.clone(), topic, group),
         Engine::new(db.store.clone()),
     );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = start(listener);
     wait_until(
         PATIENCE,
         "the message once the database is back",

@@ -31,7 +31,6 @@ pub struct Policy {
     pub handler_timeout: Option<Duration>,
 }
 
-
 /// Why a message cannot be attempted at all: its dedup key panicked or does not fit.
 pub(super) struct KeyProblem {
     class: &'static str,

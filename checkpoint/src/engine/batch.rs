@@ -39,21 +39,6 @@ impl Rows for Buffered {
         self.acked.push((self.current, fields.clone()));
         Ok(None)
     }
-
-    async fn release(&mut self, _: &Engine, _: &Attempt<'_>) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    async fn fail(
-        &mut self,
-        engine: &Engine,
-        row: &NewFailure<'_>,
-        progress: &dyn Progress,
-    ) -> Result<i64, EngineError> {
-        engine
-            .store_step(progress, || engine.store.record_failure(row))
-            .await
-    }
 }
 
 /// Transactional batch rows: the batch transaction, a savepoint around each message.

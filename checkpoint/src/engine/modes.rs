@@ -11,10 +11,11 @@ use super::{Disposition, Engine, EngineError, Policy};
 use crate::handler::Handler;
 use crate::instrument::Notification;
 use crate::message::{Message, Origin};
-use crate::store::{Conn, NewFailure, PooledConn, StoreError};
+use crate::store::{Conn, PooledConn, StoreError};
 
-/// Per-message rows: the event inserted after `consume` (`INSERT … ON CONFLICT DO NOTHING`),
-/// a failure row on its own; both retried as store steps, never by running `consume` again.
+/// Per-message rows: the event inserted after `consume` (`INSERT … ON CONFLICT DO NOTHING`)
+/// and a failure row on its own (the default), both retried as store steps, never by running
+/// `consume` again.
 pub(super) struct Direct;
 
 impl Rows for Direct {
@@ -31,25 +32,11 @@ impl Rows for Direct {
             .await
             .map(Some)
     }
-
-    async fn release(&mut self, _: &Engine, _: &Attempt<'_>) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    async fn fail(
-        &mut self,
-        engine: &Engine,
-        row: &NewFailure<'_>,
-        progress: &dyn Progress,
-    ) -> Result<i64, EngineError> {
-        engine
-            .store_step(progress, || engine.store.record_failure(row))
-            .await
-    }
 }
 
 /// Transactional rows: the claiming transaction, committed with the completed event on ack,
-/// rolled back (and its connection returned) otherwise.
+/// rolled back (and its connection returned) otherwise; a failure row is then stored on a
+/// connection of its own (the default).
 struct Claimed {
     pooled: Option<PooledConn>,
     /// `consume` was dropped mid-flight: the connection's state is unknown, so it is closed
@@ -58,32 +45,29 @@ struct Claimed {
 }
 
 impl Claimed {
-    fn conn(&mut self) -> Result<Conn<'_>, EngineError> {
+    /// The claiming transaction. Only `release` gives it up, and nothing uses it after that;
+    /// were that ever broken, the attempt fails as if the connection had been lost (it is
+    /// tried again), never with a panic.
+    fn conn(&mut self, engine: &Engine) -> Result<Conn<'_>, EngineError> {
         match &mut self.pooled {
             Some(pooled) => Ok(pooled.conn()),
-            None => Err(released()),
+            None => Err(EngineError::Store(StoreError::Unavailable {
+                backend: engine.store.backend(),
+                message: "the checkpoint transaction was already released".to_owned(),
+            })),
         }
     }
-}
-
-/// A checkpoint transaction used after its connection went back to the pool (a bug, never
-/// data): reported as an error, never a panic.
-fn released() -> EngineError {
-    EngineError::Store(StoreError::Unavailable {
-        backend: crate::store::Backend::Sqlite,
-        message: "the checkpoint transaction's connection was already released".to_owned(),
-    })
 }
 
 impl Rows for Claimed {
     async fn ack(
         &mut self,
-        _: &Engine,
+        engine: &Engine,
         attempt: &Attempt<'_>,
         fields: &AckFields,
         _: &dyn Progress,
     ) -> Result<Option<bool>, EngineError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn(engine)?;
         let completed = match conn
             .complete_event(attempt.key(), &attempt.event_row(fields))
             .await
@@ -109,15 +93,6 @@ impl Rows for Claimed {
         }
         pooled.conn().rollback().await?;
         Ok(())
-    }
-
-    async fn fail(
-        &mut self,
-        engine: &Engine,
-        row: &NewFailure<'_>,
-        progress: &dyn Progress,
-    ) -> Result<i64, EngineError> {
-        Direct.fail(engine, row, progress).await
     }
 }
 
@@ -255,7 +230,7 @@ impl Engine {
             pooled: Some(self.store.conn().await?),
             interrupted: false,
         };
-        let mut conn = rows.conn()?;
+        let mut conn = rows.conn(self)?;
         conn.begin().await?;
         let claimed = match conn
             .insert_event(&attempt.event_row(&AckFields::default()))

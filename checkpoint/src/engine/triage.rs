@@ -47,20 +47,29 @@ pub(super) trait Rows: Send {
     ) -> impl Future<Output = Result<Option<bool>, EngineError>> + Send;
 
     /// Undoes what the attempt wrote (its claim and the handler's writes) before a skip,
-    /// retry or failure.
+    /// retry or failure; by default there is nothing to undo.
     fn release(
         &mut self,
-        engine: &Engine,
-        attempt: &Attempt<'_>,
-    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+        _engine: &Engine,
+        _attempt: &Attempt<'_>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Ok(()) }
+    }
 
-    /// Stores a failure row; returns its id.
+    /// Stores a failure row; returns its id. By default on a connection of its own, as a
+    /// store step (`consume` has run: only the store is tried again).
     fn fail(
         &mut self,
         engine: &Engine,
         row: &NewFailure<'_>,
         progress: &dyn Progress,
-    ) -> impl Future<Output = Result<i64, EngineError>> + Send;
+    ) -> impl Future<Output = Result<i64, EngineError>> + Send {
+        async move {
+            engine
+                .store_step(progress, || engine.store.record_failure(row))
+                .await
+        }
+    }
 }
 
 impl Engine {

@@ -34,23 +34,44 @@ pub fn check_text(field: &'static str, value: Option<&str>) -> StoreResult<()> {
     }
 }
 
-/// Rejects values that a backend would otherwise truncate or refuse mid-transaction.
-pub(crate) fn validate_event(row: &NewEvent<'_>) -> StoreResult<()> {
-    check_text("topic", Some(row.topic))?;
-    check_text("group_id", Some(row.group_id))?;
-    check_text("checksum", Some(row.checksum))?;
-    check_text("entity_id", row.entity_id)?;
-    check_text("event_type", row.event_type)?;
-    check_text("event_version", row.event_version)
+/// Rejects values that a backend would otherwise truncate or refuse mid-transaction: the
+/// text columns events and failures share, in column order.
+fn validate_texts(
+    topic: &str,
+    group_id: &str,
+    checksum: &str,
+    entity_id: Option<&str>,
+    event_type: Option<&str>,
+    event_version: Option<&str>,
+) -> StoreResult<()> {
+    check_text("topic", Some(topic))?;
+    check_text("group_id", Some(group_id))?;
+    check_text("checksum", Some(checksum))?;
+    check_text("entity_id", entity_id)?;
+    check_text("event_type", event_type)?;
+    check_text("event_version", event_version)
 }
 
-fn validate_failure(row: &NewFailure<'_>) -> StoreResult<()> {
-    check_text("topic", Some(row.topic))?;
-    check_text("group_id", Some(row.group_id))?;
-    check_text("checksum", Some(row.checksum))?;
-    check_text("entity_id", row.entity_id)?;
-    check_text("event_type", row.event_type)?;
-    check_text("event_version", row.event_version)
+pub(crate) fn validate_event(r: &NewEvent<'_>) -> StoreResult<()> {
+    validate_texts(
+        r.topic,
+        r.group_id,
+        r.checksum,
+        r.entity_id,
+        r.event_type,
+        r.event_version,
+    )
+}
+
+fn validate_failure(r: &NewFailure<'_>) -> StoreResult<()> {
+    validate_texts(
+        r.topic,
+        r.group_id,
+        r.checksum,
+        r.entity_id,
+        r.event_type,
+        r.event_version,
+    )
 }
 
 /// Builds the filtered, boxed listing query of `$table` for backend `$db`.
