@@ -160,7 +160,8 @@ impl App {
                     .backoff(l.backoff)
                     .batch_size(l.batch_size)
                     .max_queued_bytes(l.max_queued_bytes)
-                    .shutdown_timeout(l.shutdown_timeout);
+                    .shutdown_timeout(l.shutdown_timeout)
+                    .revoke_timeout(l.revoke_timeout);
                 spec.default_max_retries = self.config.db_checkpoint.max_retries;
                 spec.handler_timeout = l.handler_timeout;
                 spec.start_from_beginning = l.start_from_beginning;

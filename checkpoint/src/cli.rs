@@ -56,6 +56,21 @@ pub const BASE_MIGRATIONS: &[BaseMigration] = &[
         "mysql",
         "2026-11-27-000001_create_checkpoint_tables"
     ),
+    base_migration!(
+        Backend::Sqlite,
+        "sqlite",
+        "2026-11-29-000001_create_checkpoint_attempts"
+    ),
+    base_migration!(
+        Backend::Postgres,
+        "postgres",
+        "2026-11-29-000001_create_checkpoint_attempts"
+    ),
+    base_migration!(
+        Backend::Mysql,
+        "mysql",
+        "2026-11-29-000001_create_checkpoint_attempts"
+    ),
 ];
 
 /// What happened to one file or folder.

@@ -27,6 +27,7 @@
 //! handler_timeout_ms = 30000    # absent (default) = consume is never interrupted
 //! max_queued_bytes = 67108864   # default 64 MiB of received, unsettled payloads
 //! shutdown_timeout_ms = 30000   # default 30 s for in-flight work on SIGTERM
+//! revoke_timeout_ms = 10000     # default 10 s for in-flight work on a rebalance
 //! ```
 //!
 //! Every table is optional except `[database]` (with its `url`). [`example`] returns a fully
@@ -213,12 +214,17 @@ pub struct ListenerConfig {
     pub max_queued_bytes: usize,
     /// How long shutdown waits for in-flight work before it gives up on it (default 30 s).
     pub shutdown_timeout: Duration,
+    /// How long a revocation waits for in-flight work (default 10 s); below
+    /// `max.poll.interval.ms`.
+    pub revoke_timeout: Duration,
 }
 
 /// Default of `max_queued_bytes`: 64 MiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 /// Default of `shutdown_timeout_ms`: 30 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `revoke_timeout_ms`: 10 s.
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// Reads and validates the file at `path`, expanding variables from the process
@@ -342,6 +348,7 @@ struct RawListener {
     handler_timeout_ms: Option<i64>,
     max_queued_bytes: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
+    revoke_timeout_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -655,6 +662,28 @@ impl Ctx<'_> {
                 ),
                 None => DEFAULT_SHUTDOWN_TIMEOUT,
             };
+            let revoke_timeout = match l.revoke_timeout_ms {
+                Some(ms) => millis(
+                    i64::try_from(self.at_least_one(&at("revoke_timeout_ms"), ms)?)
+                        .unwrap_or(i64::MAX),
+                ),
+                None => DEFAULT_REVOKE_TIMEOUT,
+            };
+            let poll_interval = kafka
+                .get("max.poll.interval.ms")
+                .and_then(|v: &String| v.parse::<u64>().ok())
+                .map_or(Duration::from_secs(300), Duration::from_millis);
+            if revoke_timeout >= poll_interval {
+                return Err(self.invalid(
+                    at("revoke_timeout_ms"),
+                    format!(
+                        "({} ms) must be below kafka.\"max.poll.interval.ms\" ({} ms): the \
+                         consumer does not poll while a revocation waits",
+                        revoke_timeout.as_millis(),
+                        poll_interval.as_millis()
+                    ),
+                ));
+            }
             listeners.push(ListenerConfig {
                 handler,
                 topic,
@@ -666,6 +695,7 @@ impl Ctx<'_> {
                 handler_timeout,
                 max_queued_bytes,
                 shutdown_timeout,
+                revoke_timeout,
             });
         }
 
@@ -946,6 +976,15 @@ mod tests {
             error(&with_listener("max_queued_bytes = -1\n")),
             "checkpoint.toml: listeners[0].max_queued_bytes: must be at least 1, not -1"
         );
+        assert_eq!(
+            error(&format!(
+                "[kafka]\n\"max.poll.interval.ms\" = 5000\n{}",
+                with_listener("revoke_timeout_ms = 5000\n")
+            )),
+            "checkpoint.toml: listeners[0].revoke_timeout_ms: (5000 ms) must be below \
+             kafka.\"max.poll.interval.ms\" (5000 ms): the consumer does not poll while a \
+             revocation waits"
+        );
     }
 
     #[test]
@@ -971,6 +1010,7 @@ mod tests {
                 handler_timeout: None,
                 max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
             }]
         );
         assert_eq!(config.source, "example");
@@ -1201,7 +1241,7 @@ token = "${EMPTY:-from-default}"
             "checkpoint.toml: listeners[0].retries: unknown key `retries`, expected one of \
              `handler`, `topic`, `group_id`, `max_concurrency`, `start_from_beginning`, \
              `batch_size`, `backoff`, `handler_timeout_ms`, `max_queued_bytes`, \
-             `shutdown_timeout_ms` (line 7)"
+             `shutdown_timeout_ms`, `revoke_timeout_ms` (line 7)"
         );
         assert_eq!(
             error(&format!(

@@ -102,6 +102,9 @@ impl From<Ack> for Outcome {
 pub const PANIC_CLASS: &str = "panic";
 /// `error_class` of an attempt that exceeded the listener's `handler_timeout`.
 pub const TIMEOUT_CLASS: &str = "timeout";
+/// `error_class` of a failure whose earlier deliveries never returned: the consumer crashed,
+/// was killed or lost its partition inside `consume`, `max_retries + 1` times.
+pub const NEVER_RETURNED_CLASS: &str = "never_returned";
 
 /// An error raised by `consume`. Any `std::error::Error + Send + Sync + 'static` converts into
 /// it with `?`, keeping its type name (stored as the failure's `error_class`), its message and
@@ -163,9 +166,12 @@ impl HandlerError {
     }
 
     /// An error with a fixed `error_class` and message.
-    pub(crate) fn with_class(class: &'static str, message: impl fmt::Display) -> Self {
+    pub(crate) fn with_class(
+        class: impl Into<Cow<'static, str>>,
+        message: impl fmt::Display,
+    ) -> Self {
         let mut error = Self::msg(message);
-        error.0.class = Cow::Borrowed(class);
+        error.0.class = class.into();
         error
     }
 

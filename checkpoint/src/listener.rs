@@ -26,7 +26,7 @@ mod headers;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -44,7 +44,7 @@ use rdkafka::{ClientContext, Offset};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::config::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REVOKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::engine::{
     Backoff, Disposition, Engine, EngineError, Policy, Progress, Session, WaitCause,
 };
@@ -64,6 +64,8 @@ const CHECK_AHEAD: usize = 500;
 /// Batches a partition's worker takes in one turn (batch mode) when enough are queued: the
 /// duplicate check of each next batch overlaps the database work of the one before.
 const TURN_BATCHES: usize = 4;
+/// How often a worker backing off looks whether its partition was revoked.
+const REVOKE_CHECK: Duration = Duration::from_millis(50);
 /// How often the receive loop looks at its workers (ended ones, partitions to resume) when
 /// no message arrives.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -97,6 +99,10 @@ pub struct ListenerSpec {
     pub max_queued_bytes: usize,
     /// How long shutdown waits for in-flight work.
     pub shutdown_timeout: Duration,
+    /// How long a revocation waits for the in-flight message or batch of each revoked
+    /// partition to settle before it commits and lets the partition go. Keep it well below
+    /// `max.poll.interval.ms` (300 s by default): the consumer does not poll meanwhile.
+    pub revoke_timeout: Duration,
     /// librdkafka properties (`bootstrap.servers`, …), passed through verbatim.
     pub kafka: BTreeMap<String, String>,
 }
@@ -116,6 +122,7 @@ impl std::fmt::Debug for ListenerSpec {
             .field("handler_timeout", &self.handler_timeout)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("revoke_timeout", &self.revoke_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +151,7 @@ impl ListenerSpec {
             handler_timeout: None,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
             kafka: BTreeMap::new(),
         }
     }
@@ -194,6 +202,12 @@ impl ListenerSpec {
     /// Sets how long shutdown waits for in-flight work.
     pub fn shutdown_timeout(mut self, limit: Duration) -> Self {
         self.shutdown_timeout = limit;
+        self
+    }
+
+    /// Sets how long a revocation waits for in-flight work.
+    pub fn revoke_timeout(mut self, limit: Duration) -> Self {
+        self.revoke_timeout = limit;
         self
     }
 
@@ -352,10 +366,17 @@ pub enum ListenerError {
     },
 }
 
-/// Revocation flags shared between the rebalance callback and the partition workers.
+/// Revocation flags and in-flight work, shared between the rebalance callback and the
+/// partition workers.
 #[derive(Default)]
 struct Assignment {
     revoked: Mutex<HashMap<i32, Arc<AtomicBool>>>,
+    /// Partitions whose worker is inside a message or batch, with how many such workers.
+    busy: Mutex<HashMap<i32, usize>>,
+    /// Signalled when a worker leaves its message or batch.
+    idle: Condvar,
+    /// The listener is going away (shutdown or crash): revocations no longer wait.
+    closing: AtomicBool,
 }
 
 impl Assignment {
@@ -369,18 +390,117 @@ impl Assignment {
         Arc::clone(flag)
     }
 
-    fn revoke(&self, partitions: &TopicPartitionList) {
-        let flags = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        for element in partitions.elements() {
-            if let Some(flag) = flags.get(&element.partition()) {
-                flag.store(true, Ordering::SeqCst);
+    /// Marks `partition` busy until the returned guard is dropped.
+    fn busy(self: &Arc<Self>, partition: i32) -> Busy {
+        *self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(partition)
+            .or_default() += 1;
+        Busy {
+            assignment: Arc::clone(self),
+            partition,
+        }
+    }
+
+    /// Flags `partitions` revoked, then waits, at most `timeout`, until none of them is inside
+    /// a message or batch: each worker settles what it holds (it starts nothing new), so the
+    /// offsets committed next cover it and the next owner does not consume it again. The wait
+    /// blocks the thread that polls the consumer; on a multi-threaded runtime other tasks move
+    /// off it first.
+    fn revoke(&self, partitions: &TopicPartitionList, timeout: Duration, listener_id: &str) {
+        let revoked: Vec<i32> = partitions
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        {
+            let flags = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            for partition in &revoked {
+                if let Some(flag) = flags.get(partition) {
+                    flag.store(true, Ordering::SeqCst);
+                }
             }
         }
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let wait = || {
+            let deadline = std::time::Instant::now() + timeout;
+            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let in_flight: Vec<i32> = revoked
+                    .iter()
+                    .copied()
+                    .filter(|p| busy.get(p).is_some_and(|n| *n > 0))
+                    .collect();
+                if in_flight.is_empty() {
+                    return;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(
+                        target: "checkpoint", listener_id, partitions = ?in_flight,
+                        timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                        "revoked partitions still busy after revoke_timeout; the next owner may \
+                         consume their in-flight messages again"
+                    );
+                    return;
+                }
+                busy = self
+                    .idle
+                    .wait_timeout(busy, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_threaded {
+            tokio::task::block_in_place(wait);
+        } else {
+            // One thread runs everything: the workers cannot move while it blocks.
+            tracing::debug!(target: "checkpoint", listener_id, "current-thread runtime: revoke does not wait for in-flight work");
+        }
+    }
+}
+
+/// A partition's worker is inside a message or batch while this lives.
+struct Busy {
+    assignment: Arc<Assignment>,
+    partition: i32,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = self
+            .assignment
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = busy.get_mut(&self.partition) {
+            *n = n.saturating_sub(1);
+        }
+        self.assignment.idle.notify_all();
+    }
+}
+
+/// Marks the assignment closing when the listener ends, however it ends, so the rebalance
+/// callback run by closing the consumer does not wait for workers that are gone.
+struct Closing(Arc<Assignment>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.closing.store(true, Ordering::SeqCst);
+        self.0.idle.notify_all();
     }
 }
 
 struct ListenerContext {
     listener_id: String,
+    /// How long a revocation waits for in-flight work.
+    revoke_timeout: Duration,
     /// `partition.assignment.strategy` is cooperative: (un)assign incrementally.
     cooperative: bool,
     assignment: Arc<Assignment>,
@@ -420,18 +540,26 @@ impl ConsumerContext for ListenerContext {
         if let Rebalance::Revoke(partitions) = rebalance {
             // Workers stop before their next message; what they settled is committed now, so
             // the next owner starts right after it.
-            self.assignment.revoke(partitions);
+            self.assignment
+                .revoke(partitions, self.revoke_timeout, &self.listener_id);
             commit_stored(consumer, &self.listener_id, "revoke");
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => tracing::info!(
-                target: "checkpoint", listener_id = %self.listener_id,
-                partitions = ?partitions.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
-                "partitions assigned"
-            ),
+            Rebalance::Assign(partitions) => {
+                // librdkafka keeps a partition's pause flag across unassign and assign: one
+                // paused (backing off) when it was revoked would never fetch again.
+                if let Err(error) = consumer.resume(partitions) {
+                    tracing::debug!(target: "checkpoint", listener_id = %self.listener_id, %error, "resuming assigned partitions failed");
+                }
+                tracing::info!(
+                    target: "checkpoint", listener_id = %self.listener_id,
+                    partitions = ?partitions.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
+                    "partitions assigned"
+                );
+            }
             Rebalance::Revoke(_) => {
                 tracing::info!(target: "checkpoint", listener_id = %self.listener_id, "partitions revoked");
             }
@@ -544,8 +672,20 @@ struct PartitionWorker {
     flow: Arc<Flow>,
     revoked: Arc<AtomicBool>,
     task: JoinHandle<()>,
-    /// Left running when the listener returns (shutdown gave up on it): not aborted.
+    /// True once the task has ended, however it ended.
+    ended: watch::Receiver<bool>,
+    /// Left running when the listener returns (shutdown gave up on it) or when a new worker
+    /// took over its partition (which first waits for it): never aborted.
     detached: bool,
+}
+
+/// Tells whoever waits that a worker's task has ended (dropped with the task's future).
+struct Ended(watch::Sender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Drop for PartitionWorker {
@@ -560,6 +700,7 @@ impl Drop for PartitionWorker {
 /// What every partition worker of a listener shares.
 struct Shared {
     spec: ListenerSpec,
+    assignment: Arc<Assignment>,
     engine: Engine,
     consumer: Arc<Consumer_>,
     origin: Origin,
@@ -625,6 +766,7 @@ impl Listener {
         let assignment = Arc::new(Assignment::default());
         let context = ListenerContext {
             listener_id: listener_id.clone(),
+            revoke_timeout: self.spec.revoke_timeout,
             cooperative: self
                 .spec
                 .kafka
@@ -643,6 +785,7 @@ impl Listener {
         let consumer = Arc::new(consumer);
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            assignment: Arc::clone(&assignment),
             origin: Origin::new(self.spec.group_id.clone()).with_listener_id(listener_id.clone()),
             permits: Semaphore::new(self.spec.max_concurrency.max(1)),
             budget: Arc::new(Budget {
@@ -659,6 +802,9 @@ impl Listener {
         tracing::info!(target: "checkpoint", %listener_id, topic = %shared.spec.topic, group_id = %shared.spec.group_id, "listener started");
 
         let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
+        // Declared after `workers`, so dropped before them: no revocation waits on a worker
+        // that is being torn down.
+        let closing = Closing(Arc::clone(&assignment));
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut outage = 0;
@@ -692,13 +838,18 @@ impl Listener {
                         failure = Some(error);
                         break;
                     }
-                    let worker = workers
-                        .entry(partition)
-                        .or_insert_with(|| spawn_worker(&shared, &assignment, partition));
-                    if worker.revoked.load(Ordering::SeqCst) || worker.task.is_finished() {
-                        // Reassigned after a revoke: a fresh worker, in order from here.
-                        *worker = spawn_worker(&shared, &assignment, partition);
+                    let reassigned = workers
+                        .get(&partition)
+                        .is_some_and(|w| w.revoked.load(Ordering::SeqCst) || w.task.is_finished());
+                    if reassigned || !workers.contains_key(&partition) {
+                        // Assigned (again): a fresh worker, in order from here, after the
+                        // previous one has finished what it held.
+                        let previous = workers.remove(&partition);
+                        workers.insert(partition, spawn_worker(&shared, partition, previous));
                     }
+                    let Some(worker) = workers.get(&partition) else {
+                        continue;
+                    };
                     let flow = Arc::clone(&worker.flow);
                     let depth = flow.depth.fetch_add(1, Ordering::SeqCst) + 1;
                     if worker.queue.send(queued).is_err() {
@@ -741,6 +892,7 @@ impl Listener {
             tracing::info!(target: "checkpoint", %listener_id, "stopping: finishing in-flight messages");
         }
         let _ = stop_tx.send(true);
+        drop(closing);
         let timeout = shared.spec.shutdown_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut busy = Vec::new();
@@ -891,13 +1043,29 @@ fn to_queued(shared: &Shared, message: &BorrowedMessage<'_>) -> Queued {
     }
 }
 
-fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -> PartitionWorker {
+/// A worker for `partition`. When the partition was ours before (revoked, then assigned
+/// again), `previous` is the worker it had: the new one starts only once that one has ended,
+/// so two workers never handle one partition at once and no user code is cancelled.
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    partition: i32,
+    previous: Option<PartitionWorker>,
+) -> PartitionWorker {
     let (queue, inbox) = mpsc::unbounded_channel::<Queued>();
     let flow = Arc::new(Flow::default());
-    let revoked = assignment.flag(partition);
+    let revoked = shared.assignment.flag(partition);
+    let (ended_tx, ended) = watch::channel(false);
+    let previous = previous.map(|mut worker| {
+        worker.detached = true;
+        worker.ended.clone()
+    });
     let task = {
         let (shared, flow, revoked) = (Arc::clone(shared), Arc::clone(&flow), Arc::clone(&revoked));
         tokio::spawn(async move {
+            let _ended = Ended(ended_tx);
+            if let Some(mut previous) = previous {
+                let _ = previous.wait_for(|ended| *ended).await;
+            }
             // Handler panics are caught by the engine; one here is checkpoint's own, and
             // still must not pass unnoticed.
             let worked =
@@ -920,6 +1088,7 @@ fn spawn_worker(shared: &Arc<Shared>, assignment: &Assignment, partition: i32) -
         flow,
         revoked,
         task,
+        ended,
         detached: false,
     }
 }
@@ -944,19 +1113,32 @@ async fn work(
         flow,
         revoked,
     };
+    match session
+        .begin(&shared.spec.topic, partition, &progress)
+        .await
+    {
+        Ok(()) => {}
+        Err(EngineError::Interrupted) => return Ok(()),
+        Err(error) => return Err(error),
+    }
     let mut stopping = shared.stopping.clone();
-    loop {
+    // Ends holding the busy mark of the run it stopped in, if any: the partition is let go
+    // (below) before a waiting revocation hands it on.
+    let busy = loop {
         let first = tokio::select! {
             received = inbox.recv() => match received {
                 Some(queued) => queued,
-                None => return Ok(()),
+                None => break None,
             },
-            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+            _ = stopping.wait_for(|stop| *stop) => break None,
         };
         // Wait for a turn first, so the run below takes everything queued meanwhile.
         let Ok(_permit) = shared.permits.acquire().await else {
-            return Ok(());
+            break None;
         };
+        // In flight from here: a revocation waits for this run (marked before the revoked
+        // check below, so a revocation either sees it busy or this worker sees it revoked).
+        let busy = shared.assignment.busy(partition);
         // Take what is already queued: up to batch_size messages for a batch, or up to
         // CHECK_AHEAD messages whose duplicate check is done in one query.
         let window = if shared.spec.batch_size > 1 {
@@ -967,7 +1149,7 @@ async fn work(
         let run = take_queued(shared, partition, &mut inbox, flow, Some(first), window);
         if revoked.load(Ordering::SeqCst) || shared.stopping() {
             // Not ours any more, or shutting down: leave it to the next owner.
-            return Ok(());
+            break Some(busy);
         }
         let done = if shared.spec.batch_size > 1 {
             settle_batches(shared, partition, &mut inbox, run, &mut session, &progress).await?
@@ -975,9 +1157,18 @@ async fn work(
             settle_run(shared, run, &mut session, &progress).await?
         };
         if !done {
-            return Ok(());
+            break Some(busy);
         }
-    }
+    };
+    // Nothing of this partition is inside `consume` any more: let it go cleanly. (A worker
+    // that ends with an error keeps its ownership row, so the next owner counts the message
+    // it stopped at.)
+    let left = match session.end(&progress).await {
+        Ok(()) | Err(EngineError::Interrupted) => Ok(()),
+        Err(error) => Err(error),
+    };
+    drop(busy);
+    left
 }
 
 /// Messages taken from a partition's queue, with their bytes still held against the budget.
@@ -1034,23 +1225,29 @@ struct WorkerProgress<'a> {
 impl Progress for WorkerProgress<'_> {
     fn wait(&self, delay: Duration, cause: WaitCause) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            if matches!(cause, WaitCause::Retry { .. }) {
+            let retry = matches!(cause, WaitCause::Retry { .. });
+            if retry {
                 self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-                if self.revoked.load(Ordering::SeqCst) {
-                    return false;
-                }
+            }
+            let gone = || retry && self.revoked.load(Ordering::SeqCst);
+            if gone() {
+                return false;
             }
             let mut stopping = self.shared.stopping.clone();
             self.flow.backing_off.store(true, Ordering::SeqCst);
             self.flow.changed.notify_one();
-            let slept = tokio::select! {
-                () = tokio::time::sleep(delay) => true,
-                _ = stopping.wait_for(|stop| *stop) => false,
-            };
+            let until = tokio::time::Instant::now() + delay;
+            let mut slept = true;
+            // In slices, so a revocation (which waits for this worker) is noticed soon.
+            while slept && !gone() && tokio::time::Instant::now() < until {
+                let slice = until.min(tokio::time::Instant::now() + REVOKE_CHECK);
+                slept = tokio::select! {
+                    () = tokio::time::sleep_until(slice) => true,
+                    _ = stopping.wait_for(|stop| *stop) => false,
+                };
+            }
             self.flow.backing_off.store(false, Ordering::SeqCst);
-            slept
-                && !(matches!(cause, WaitCause::Retry { .. })
-                    && self.revoked.load(Ordering::SeqCst))
+            slept && !gone()
         })
     }
 

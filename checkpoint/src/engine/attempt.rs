@@ -31,40 +31,39 @@ pub struct Policy {
     pub handler_timeout: Option<Duration>,
 }
 
-/// Why a message cannot be attempted at all: its dedup key panicked or does not fit.
-pub(super) struct KeyProblem {
-    class: &'static str,
+/// Why a message fails without a call to `consume`: its dedup key panicked or does not fit,
+/// or its earlier deliveries never returned often enough.
+pub(super) struct Unusable {
+    class: String,
     message: String,
 }
 
-impl KeyProblem {
+impl Unusable {
+    pub(super) fn of(error: &HandlerError) -> Self {
+        Self {
+            class: error.class().to_owned(),
+            message: error.message().to_owned(),
+        }
+    }
+
     pub(super) fn error(&self) -> HandlerError {
-        HandlerError::with_class(self.class, &self.message).into_permanent()
+        HandlerError::with_class(self.class.clone(), &self.message).into_permanent()
     }
 }
 
 /// The dedup key of `message`: its `dedup_key` when it gives one that fits, else the payload
 /// MD5 (with the problem, when `dedup_key` panicked or gave a value the store cannot hold).
-pub(super) fn dedup_key(handler: &dyn Handler, message: &Message) -> (String, Option<KeyProblem>) {
+pub(super) fn dedup_key(handler: &dyn Handler, message: &Message) -> (String, Option<Unusable>) {
     match guard("dedup_key", || handler.dedup_key(message)) {
         Ok(Some(key)) if !key.is_empty() => match check_text("dedup key", Some(&key)) {
             Ok(()) => (key, None),
             Err(error) => (
                 checksum(&message.payload),
-                Some(KeyProblem {
-                    class: "checkpoint::store::StoreError",
-                    message: error.to_string(),
-                }),
+                Some(Unusable::of(&HandlerError::new(error))),
             ),
         },
         Ok(_) => (checksum(&message.payload), None),
-        Err(panic) => (
-            checksum(&message.payload),
-            Some(KeyProblem {
-                class: crate::handler::PANIC_CLASS,
-                message: panic.message().to_owned(),
-            }),
-        ),
+        Err(panic) => (checksum(&message.payload), Some(Unusable::of(&panic))),
     }
 }
 
@@ -81,7 +80,7 @@ pub(super) struct Attempt<'a> {
     pub(super) policy: &'a Policy,
     pub(super) metadata: Metadata,
     /// Set when the message fails without a call to `consume`.
-    pub(super) unusable: Option<KeyProblem>,
+    pub(super) unusable: Option<Unusable>,
 }
 
 /// How a call of `consume` ended.

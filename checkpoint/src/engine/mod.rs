@@ -43,6 +43,7 @@ pub use self::outcome::{BatchOutcome, Disposition, EngineError, RetryOutcome};
 pub use self::session::{CheckedAhead, Progress, Session, Sleep, WaitCause};
 
 use self::attempt::Attempt;
+use self::session::{Start, Window};
 use crate::handler::Handler;
 use crate::instrument::{Instrument, Notification, Observer};
 use crate::message::{Message, Origin};
@@ -118,6 +119,7 @@ impl Engine {
             origin,
             &Policy::default(),
             retry_count,
+            None,
             &Sleep,
         )
         .await
@@ -137,8 +139,21 @@ impl Engine {
             backoff: *backoff,
             ..Policy::default()
         };
+        let start = Start {
+            ahead: None,
+            retry_count: 0,
+        };
+        let mut window = Window::default();
         match self
-            .settle(handler, message, origin, &policy, None, &Sleep)
+            .settle(
+                handler,
+                message,
+                origin,
+                &policy,
+                start,
+                &mut window,
+                &Sleep,
+            )
             .await?
         {
             Some(settled) => Ok(settled),

@@ -4,11 +4,11 @@
 
 use std::time::Instant;
 
-use super::attempt::{AckFields, Attempt};
+use super::attempt::{AckFields, Attempt, Unusable};
 use super::session::{CheckedAhead, Progress};
 use super::triage::{RetryMode, Rows, Verdict};
 use super::{Disposition, Engine, EngineError, Policy};
-use crate::handler::Handler;
+use crate::handler::{Handler, HandlerError, NEVER_RETURNED_CLASS};
 use crate::instrument::Notification;
 use crate::message::{Message, Origin};
 use crate::store::{Conn, PooledConn, StoreError};
@@ -105,7 +105,11 @@ pub(super) async fn abandon(conn: &mut Conn<'_>, error: StoreError) -> EngineErr
 }
 
 impl Engine {
-    /// One delivery attempt with its own duplicate check.
+    /// One delivery attempt with its own duplicate check; `retry_count` attempts of this
+    /// process failed before it. With `count`, a message that is not stored yet has this
+    /// delivery counted durably first (see [`Engine::count_delivery`]), plus that many
+    /// deliveries known to have died without being counted.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt_once(
         &self,
         handler: &dyn Handler,
@@ -113,11 +117,71 @@ impl Engine {
         origin: &Origin,
         policy: &Policy,
         retry_count: u32,
+        count: Option<u32>,
         progress: &dyn Progress,
     ) -> Result<Disposition, EngineError> {
-        let attempt = Attempt::new(handler, message, origin, policy, retry_count, None);
-        self.around(&attempt, RetryMode::Decide, None, progress)
+        let mut attempt = Attempt::new(handler, message, origin, policy, retry_count, None);
+        let checked = if let Some(died) = count
+            && attempt.unusable.is_none()
+        {
+            let started = Instant::now();
+            let exists = self.store.event_exists(attempt.key()).await?;
+            if !exists {
+                self.count_delivery(&mut attempt, retry_count, died).await?;
+            }
+            Some((exists, started.elapsed()))
+        } else {
+            None
+        };
+        self.around(&attempt, RetryMode::Decide, checked, progress)
             .await
+    }
+
+    /// Counts this delivery of `attempt`'s message durably, before `consume` runs, and makes
+    /// the count its `retry_count`. When earlier deliveries never returned (the consumer
+    /// crashed, was killed or lost the partition inside them), the retry decision is asked
+    /// whether one more is allowed, as after any failed attempt; if not, the message fails
+    /// without being consumed, with error class `never_returned`.
+    async fn count_delivery(
+        &self,
+        attempt: &mut Attempt<'_>,
+        local: u32,
+        died: u32,
+    ) -> Result<(), EngineError> {
+        // This delivery, plus the one a dead previous owner died inside of when it had not
+        // counted it (a count it made is there already).
+        let counted = self
+            .store
+            .count_attempt(attempt.key(), died, local.saturating_add(1))
+            .await?;
+        let earlier = counted.saturating_sub(1);
+        attempt.metadata.retry_count = earlier;
+        if earlier <= local {
+            return Ok(());
+        }
+        let lost = earlier - local;
+        let error = HandlerError::with_class(
+            NEVER_RETURNED_CLASS,
+            format!(
+                "{lost} earlier deliver{} of this message never returned: the consumer crashed, \
+                 was killed or lost its partition inside `consume`",
+                if lost == 1 { "y" } else { "ies" }
+            ),
+        );
+        // The decision is the one the last of those deliveries would have asked for.
+        attempt.metadata.retry_count = earlier - 1;
+        match attempt.retry_decision(error) {
+            Ok(_) => attempt.metadata.retry_count = earlier,
+            Err(error) => {
+                tracing::error!(
+                    target: "checkpoint", topic = %attempt.message.topic,
+                    partition = attempt.message.partition, offset = attempt.message.offset,
+                    deliveries = earlier, "earlier deliveries never returned; failing the message"
+                );
+                attempt.unusable = Some(Unusable::of(&error));
+            }
+        }
+        Ok(())
     }
 
     /// The first delivery attempt of a message whose duplicate check `ahead` made. A message

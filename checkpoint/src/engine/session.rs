@@ -131,6 +131,9 @@ impl Engine {
         if !error.is_transient() {
             return Err(error.into());
         }
+        // The connection that failed went back to the pool; it and its idle siblings may be
+        // dead, so the next try opens fresh ones.
+        self.store.drop_idle_connections();
         if !error.is_unavailable() {
             tries.transient += 1;
             if tries.transient > TRANSIENT_TRIES {
@@ -153,13 +156,42 @@ impl Engine {
 }
 
 /// One partition's messages through the engine, in order: the state that lives from one
-/// message to the next (the duplicate check made ahead) and the retry loop.
+/// message to the next (the duplicate check made ahead, whether deliveries are counted) and
+/// the retry loop.
+///
+/// A session begins when its partition is assigned. Until the first message it consumes has
+/// settled, a message may be one that a previous owner was inside of when it crashed, was
+/// killed or lost the partition; so deliveries are counted durably (`checkpoint_attempts`)
+/// until then, and for every retry. A message that keeps killing its consumer thus becomes a
+/// failure (class `never_returned`) after `max_retries + 1` deliveries, while a healthy
+/// stream writes no counts at all.
 pub struct Session {
     engine: Engine,
     handler: Arc<dyn Handler>,
     origin: Origin,
     policy: Policy,
     ahead: Option<CheckedAhead>,
+    window: Window,
+    /// The partition this session owns (see [`Session::begin`]) and its owner id.
+    owned: Option<(String, i32, String)>,
+}
+
+/// Whether the next message a session consumes may repeat a delivery of a previous owner.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    /// No message consumed by this session has settled yet: deliveries are counted.
+    pub(super) uncertain: bool,
+    /// The previous owner of the partition died without letting it go: the first message
+    /// consumed here is counted as one more delivery that never returned.
+    pub(super) previous_died: bool,
+}
+
+/// Where a message's retry loop starts.
+pub(super) struct Start<'a> {
+    /// The duplicate check of the run the message belongs to, for its first attempt.
+    pub(super) ahead: Option<&'a mut CheckedAhead>,
+    /// Attempts of this process that already failed.
+    pub(super) retry_count: u32,
 }
 
 impl std::fmt::Debug for Session {
@@ -181,7 +213,68 @@ impl Session {
             origin,
             policy,
             ahead: None,
+            window: Window {
+                uncertain: true,
+                previous_died: false,
+            },
+            owned: None,
         }
+    }
+
+    /// Takes ownership of `partition` of `topic` for this session, durably: a previous owner
+    /// that did not let it go cleanly died, so the first message consumed here may be the one
+    /// it died inside of, and is counted so.
+    pub async fn begin(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        progress: &dyn Progress,
+    ) -> Result<(), EngineError> {
+        let owner: String = format!(
+            "{}#{}#{:016x}",
+            self.origin.listener_id,
+            std::process::id(),
+            fastrand::u64(..)
+        )
+        .chars()
+        .rev()
+        .take(crate::store::MAX_TEXT_LEN)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+        let store = self.engine.store();
+        let group_id = &self.origin.group_id;
+        self.window.previous_died = self
+            .engine
+            .store_step(progress, || {
+                store.claim_partition(topic, group_id, partition, &owner)
+            })
+            .await?;
+        if self.window.previous_died {
+            tracing::warn!(
+                target: "checkpoint", listener_id = %self.origin.listener_id, topic, partition,
+                "the partition's previous owner did not let it go cleanly; its first unsettled \
+                 message counts as a delivery that never returned"
+            );
+        }
+        self.owned = Some((topic.to_owned(), partition, owner));
+        Ok(())
+    }
+
+    /// Lets the partition go cleanly: everything this session took in hand is settled or left
+    /// unsettled on purpose (revoked, shutting down), none of it mid-`consume`.
+    pub async fn end(&mut self, progress: &dyn Progress) -> Result<(), EngineError> {
+        let Some((topic, partition, owner)) = self.owned.take() else {
+            return Ok(());
+        };
+        let store = self.engine.store();
+        let group_id = &self.origin.group_id;
+        self.engine
+            .store_step(progress, || {
+                store.release_partition(&topic, group_id, partition, &owner)
+            })
+            .await
     }
 
     /// Checks a run of queued messages (one topic and partition) for duplicates in one query,
@@ -206,14 +299,18 @@ impl Session {
         message: &Message,
         progress: &dyn Progress,
     ) -> Result<Option<Disposition>, EngineError> {
-        let ahead = self.ahead.as_mut();
+        let start = Start {
+            ahead: self.ahead.as_mut(),
+            retry_count: 0,
+        };
         self.engine
             .settle(
                 self.handler.as_ref(),
                 message,
                 &self.origin,
                 &self.policy,
-                ahead,
+                start,
+                &mut self.window,
                 progress,
             )
             .await
@@ -221,28 +318,61 @@ impl Session {
 
     /// Takes a batch (one topic and partition, in order) until every message in it is
     /// settled, reporting each to `progress` as it settles. The duplicate check of `next` (the
-    /// caller's next batch) runs meanwhile and is kept for the next call. `Ok(false)` when
-    /// `progress` stopped it first (the rest of the batch is not settled).
+    /// caller's next batch) runs meanwhile and is kept for the next call. A message the batch
+    /// must retry goes through [`Session::settle`]'s loop on its own, then the batch goes on;
+    /// so do the messages before the first one consumed after the assignment (their
+    /// deliveries are counted). `Ok(false)` when `progress` stopped it first (the rest of the
+    /// batch is not settled).
     pub async fn settle_batch(
         &mut self,
-        mut batch: Vec<Message>,
+        batch: Vec<Message>,
         next: &[Message],
         progress: &dyn Progress,
     ) -> Result<bool, EngineError> {
-        let handler = self.handler.as_ref();
-        let mut retry_count = 0;
+        let mut batch = std::collections::VecDeque::from(batch);
         let mut tries = Tries::default();
         let mut ahead = self.ahead.take();
-        while !batch.is_empty() {
+        let mut retry_count = 0;
+        loop {
+            while self.window.uncertain || retry_count > 0 {
+                let Some(message) = batch.pop_front() else {
+                    return Ok(true);
+                };
+                let start = Start {
+                    ahead: None,
+                    retry_count,
+                };
+                let settled = self
+                    .engine
+                    .settle(
+                        self.handler.as_ref(),
+                        &message,
+                        &self.origin,
+                        &self.policy,
+                        start,
+                        &mut self.window,
+                        progress,
+                    )
+                    .await?;
+                if settled.is_none() {
+                    return Ok(false);
+                }
+                retry_count = 0;
+                // The check made ahead covered the whole batch; what is left checks again.
+                ahead = None;
+            }
+            if batch.is_empty() {
+                return Ok(true);
+            }
+            let messages = batch.make_contiguous();
             let result = self
                 .engine
                 .batch(
-                    handler,
-                    &batch,
+                    self.handler.as_ref(),
+                    messages,
                     &self.origin,
                     &self.policy,
-                    retry_count,
-                    // Only the first attempt: a retry checks again what is left.
+                    0,
                     ahead.take(),
                     next,
                     progress,
@@ -257,61 +387,86 @@ impl Session {
                     continue;
                 }
             };
-            let done = outcome.settled.len();
-            for (message, disposition) in batch.iter().zip(&outcome.settled) {
-                progress.settled(message, disposition);
+            for disposition in &outcome.settled {
+                if let Some(message) = batch.pop_front() {
+                    progress.settled(&message, disposition);
+                }
             }
-            batch.drain(..done);
             let Some(error) = outcome.retry else {
                 self.ahead = outcome.next_checked;
                 return Ok(true);
             };
-            // The failing message is now first; it has failed once more.
-            retry_count = if done > 0 { 1 } else { retry_count + 1 };
-            let delay = self.policy.backoff.delay(retry_count - 1);
+            let delay = self.policy.backoff.delay(0);
             tracing::warn!(
                 target: "checkpoint", listener_id = %self.origin.listener_id,
-                partition = batch.first().map(|m| m.partition),
-                offset = batch.first().map(|m| m.offset),
-                retry_count, %error, "consume failed in a batch; backing off"
+                partition = batch.front().map(|m| m.partition),
+                offset = batch.front().map(|m| m.offset),
+                %error, "consume failed in a batch; backing off"
             );
-            let cause = WaitCause::Retry {
-                retry_count: retry_count - 1,
-            };
-            if !progress.wait(delay, cause).await {
+            if !progress
+                .wait(delay, WaitCause::Retry { retry_count: 0 })
+                .await
+            {
                 return Ok(false);
             }
+            // The failing message is first now, with one failed attempt.
+            retry_count = 1;
         }
-        Ok(true)
     }
 }
 
 impl Engine {
-    /// The retry loop of one message (see [`Session::settle`]); `ahead`, when given, is the
-    /// duplicate check of the run it belongs to, used by its first attempt.
+    /// The retry loop of one message (see [`Session::settle`]). While the window is
+    /// uncertain, and for every retry, deliveries are counted durably; the window closes when
+    /// a message that was not stored yet settles.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn settle(
         &self,
         handler: &dyn Handler,
         message: &Message,
         origin: &Origin,
         policy: &Policy,
-        mut ahead: Option<&mut CheckedAhead>,
+        start: Start<'_>,
+        window: &mut Window,
         progress: &dyn Progress,
     ) -> Result<Option<Disposition>, EngineError> {
-        let mut retry_count = 0;
+        let Start {
+            mut ahead,
+            mut retry_count,
+        } = start;
         let mut tries = Tries::default();
+        let mut counted = false;
+        let mut first = true;
         loop {
-            let attempt = match ahead.take() {
+            let count = window.uncertain || retry_count > 0;
+            counted |= count;
+            let died = u32::from(count && window.previous_died);
+            let checked_ahead = first && !count && ahead.is_some();
+            first = false;
+            let attempt = match ahead.as_deref_mut() {
                 // The first attempt uses the run's duplicate check; later ones check again.
-                Some(ahead) => {
+                Some(ahead) if checked_ahead => {
                     self.attempt_checked(handler, message, origin, policy, ahead, progress)
                         .await
                 }
-                None => {
-                    self.attempt_once(handler, message, origin, policy, retry_count, progress)
-                        .await
+                _ => {
+                    self.attempt_once(
+                        handler,
+                        message,
+                        origin,
+                        policy,
+                        retry_count,
+                        count.then_some(died),
+                        progress,
+                    )
+                    .await
                 }
             };
+            if !matches!(attempt, Ok(Disposition::AlreadyConsumed) | Err(_)) {
+                // The first message consumed here was counted: what the previous owner died
+                // inside of, if anything, is accounted for.
+                window.previous_died = false;
+            }
             match attempt {
                 Ok(Disposition::Retry(error)) => {
                     let delay = policy.backoff.delay(retry_count);
@@ -328,6 +483,28 @@ impl Engine {
                     retry_count += 1;
                 }
                 Ok(settled) => {
+                    if !checked_ahead {
+                        // Off the hot path: a retried or counted message.
+                        let checksum = Self::dedup_key(handler, message);
+                        if let Some(ahead) = ahead.as_deref_mut()
+                            && settled.stored_event()
+                        {
+                            // A repeat later in the run is a duplicate.
+                            ahead.add_stored(&message.topic, &checksum);
+                        }
+                        if counted {
+                            let key = crate::store::DedupKey {
+                                topic: &message.topic,
+                                group_id: &origin.group_id,
+                                checksum: &checksum,
+                            };
+                            self.store_step(progress, || self.store.clear_attempts(key))
+                                .await?;
+                        }
+                    }
+                    if !matches!(settled, Disposition::AlreadyConsumed) {
+                        window.uncertain = false;
+                    }
                     progress.settled(message, &settled);
                     return Ok(Some(settled));
                 }

@@ -400,6 +400,18 @@ impl Store {
         Ok(PooledConn { inner })
     }
 
+    /// Closes every idle pooled connection; new ones are opened on demand. After a lost
+    /// connection the others are likely dead too (a server restart, a network cut, killed
+    /// sessions), and a MySQL connection killed on the server is not noticed by the pool
+    /// itself, which would hand it out again and again.
+    pub fn drop_idle_connections(&self) {
+        match &self.pools {
+            Pools::Sqlite(p) => drop(p.retain(|_, _| false)),
+            Pools::Postgres(p) => drop(p.retain(|_, _| false)),
+            Pools::Mysql(p) => drop(p.retain(|_, _| false)),
+        }
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> StoreResult<()> {
         let mut pooled = self.conn().await?;

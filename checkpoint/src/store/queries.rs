@@ -10,7 +10,10 @@ use diesel::prelude::{
 use diesel_async::RunQueryDsl;
 
 use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
-use super::schema::{checkpoint_events as ev, checkpoint_failures as fl};
+use super::schema::{
+    checkpoint_attempts as at, checkpoint_events as ev, checkpoint_failures as fl,
+    checkpoint_owners as ow,
+};
 use super::{Conn, Store, StoreError, StoreResult, dispatch};
 
 /// Longest value of the indexed text columns (topic, group_id, checksum, entity_id,
@@ -603,10 +606,184 @@ impl Conn<'_> {
         let deleted = dispatch!(self, c => query.execute(&mut **c).await);
         deleted.map(|n| n > 0).map_err(|e| self.query_error(e))
     }
+
+    /// Counts one more delivery of `key` that has not settled yet, durably (autocommitted), and
+    /// returns how many are counted now: one more than before (plus `uncounted`, deliveries
+    /// known to have happened without being counted, when `key` has no count yet), and at
+    /// least `at_least` (the attempts this process made itself). A partition has one owner at
+    /// a time, so the read-modify-write needs no lock; a lost race with a previous owner only
+    /// inserts once (the key is the primary key).
+    pub async fn count_attempt(
+        &mut self,
+        key: DedupKey<'_>,
+        uncounted: u32,
+        at_least: u32,
+    ) -> StoreResult<u32> {
+        let this = at::table
+            .filter(at::topic.eq(key.topic))
+            .filter(at::group_id.eq(key.group_id))
+            .filter(at::checksum.eq(key.checksum));
+        let read =
+            dispatch!(self, c => this.select(at::attempts).first::<i32>(&mut **c).await.optional());
+        let before = read.map_err(|e| self.query_error(e))?;
+        let counted = before
+            .map_or(uncounted, |n| u32::try_from(n).unwrap_or(0))
+            .saturating_add(1)
+            .max(at_least);
+        let stored = i32::try_from(counted).unwrap_or(i32::MAX);
+        let now = chrono::Utc::now().naive_utc();
+        let written = if before.is_some() {
+            let bump = diesel::update(this).set((at::attempts.eq(stored), at::updated_at.eq(now)));
+            dispatch!(self, c => bump.execute(&mut **c).await)
+        } else {
+            let first = (
+                at::topic.eq(key.topic),
+                at::group_id.eq(key.group_id),
+                at::checksum.eq(key.checksum),
+                at::attempts.eq(stored),
+                at::updated_at.eq(now),
+            );
+            match self {
+                Conn::Postgres(c) => {
+                    diesel::insert_into(at::table)
+                        .values(first)
+                        .on_conflict_do_nothing()
+                        .execute(&mut **c)
+                        .await
+                }
+                Conn::Sqlite(c) => {
+                    diesel::insert_into(at::table)
+                        .values(first)
+                        .on_conflict_do_nothing()
+                        .execute(&mut **c)
+                        .await
+                }
+                Conn::Mysql(c) => {
+                    diesel::insert_or_ignore_into(at::table)
+                        .values(first)
+                        .execute(&mut **c)
+                        .await
+                }
+            }
+        };
+        written.map_err(|e| self.query_error(e))?;
+        Ok(counted)
+    }
+
+    /// Records `owner` as the owner of a partition's stream; true when a previous owner's row
+    /// was still there (it did not let the partition go cleanly).
+    pub async fn claim_partition(
+        &mut self,
+        topic: &str,
+        group_id: &str,
+        partition: i32,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        let this = ow::table
+            .filter(ow::topic.eq(topic))
+            .filter(ow::group_id.eq(group_id))
+            .filter(ow::partition.eq(partition));
+        let now = chrono::Utc::now().naive_utc();
+        let taken = diesel::update(this).set((ow::owner.eq(owner), ow::since.eq(now)));
+        let updated = dispatch!(self, c => taken.execute(&mut **c).await);
+        if updated.map_err(|e| self.query_error(e))? > 0 {
+            return Ok(true);
+        }
+        let row = (
+            ow::topic.eq(topic),
+            ow::group_id.eq(group_id),
+            ow::partition.eq(partition),
+            ow::owner.eq(owner),
+            ow::since.eq(now),
+        );
+        let inserted = dispatch!(self, c => diesel::insert_into(ow::table).values(row).execute(&mut **c).await);
+        inserted.map(|_| false).map_err(|e| self.query_error(e))
+    }
+
+    /// Deletes `owner`'s row of a partition (it lets the partition go cleanly); a row another
+    /// owner wrote since is left alone.
+    pub async fn release_partition(
+        &mut self,
+        topic: &str,
+        group_id: &str,
+        partition: i32,
+        owner: &str,
+    ) -> StoreResult<()> {
+        let query = diesel::delete(
+            ow::table
+                .filter(ow::topic.eq(topic))
+                .filter(ow::group_id.eq(group_id))
+                .filter(ow::partition.eq(partition))
+                .filter(ow::owner.eq(owner)),
+        );
+        let result = dispatch!(self, c => query.execute(&mut **c).await);
+        result.map(drop).map_err(|e| self.query_error(e))
+    }
+
+    /// Forgets the counted deliveries of `key` (it settled).
+    pub async fn clear_attempts(&mut self, key: DedupKey<'_>) -> StoreResult<()> {
+        let query = diesel::delete(
+            at::table
+                .filter(at::topic.eq(key.topic))
+                .filter(at::group_id.eq(key.group_id))
+                .filter(at::checksum.eq(key.checksum)),
+        );
+        let result = dispatch!(self, c => query.execute(&mut **c).await);
+        result.map(drop).map_err(|e| self.query_error(e))
+    }
 }
 
 /// One pooled connection per call: the same queries, for callers that hold no connection.
 impl Store {
+    /// See [`Conn::count_attempt`].
+    pub async fn count_attempt(
+        &self,
+        key: DedupKey<'_>,
+        uncounted: u32,
+        at_least: u32,
+    ) -> StoreResult<u32> {
+        self.conn()
+            .await?
+            .conn()
+            .count_attempt(key, uncounted, at_least)
+            .await
+    }
+
+    /// See [`Conn::claim_partition`].
+    pub async fn claim_partition(
+        &self,
+        topic: &str,
+        group_id: &str,
+        partition: i32,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        self.conn()
+            .await?
+            .conn()
+            .claim_partition(topic, group_id, partition, owner)
+            .await
+    }
+
+    /// See [`Conn::release_partition`].
+    pub async fn release_partition(
+        &self,
+        topic: &str,
+        group_id: &str,
+        partition: i32,
+        owner: &str,
+    ) -> StoreResult<()> {
+        self.conn()
+            .await?
+            .conn()
+            .release_partition(topic, group_id, partition, owner)
+            .await
+    }
+
+    /// See [`Conn::clear_attempts`].
+    pub async fn clear_attempts(&self, key: DedupKey<'_>) -> StoreResult<()> {
+        self.conn().await?.conn().clear_attempts(key).await
+    }
+
     /// See [`Conn::event_exists`].
     pub async fn event_exists(&self, key: DedupKey<'_>) -> StoreResult<bool> {
         self.conn().await?.conn().event_exists(key).await

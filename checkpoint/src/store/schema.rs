@@ -49,4 +49,32 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(checkpoint_events, checkpoint_failures);
+diesel::table! {
+    /// Unsettled deliveries of a message, one row per `(topic, group_id, checksum)` while it
+    /// has not settled after a delivery that may have been a repeat (see the migration).
+    checkpoint_attempts (topic, group_id, checksum) {
+        topic -> Text,
+        group_id -> Text,
+        checksum -> Text,
+        attempts -> Integer,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// The current owner of each partition's stream; a row left behind by an owner that died.
+    checkpoint_owners (topic, group_id, partition) {
+        topic -> Text,
+        group_id -> Text,
+        partition -> Integer,
+        owner -> Text,
+        since -> Timestamp,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    checkpoint_events,
+    checkpoint_failures,
+    checkpoint_attempts,
+    checkpoint_owners
+);

@@ -1,0 +1,2 @@
+DROP TABLE checkpoint_owners;
+DROP TABLE checkpoint_attempts;
