@@ -36,3 +36,65 @@ impl Sink {
         Ok(ctx.ack(order.id, Utc::now()))
     }
 }
+
+/// A per-message (not transactional) handler whose side effect happens *outside* the
+/// checkpoint transaction, as a call to another service would: it records the order in
+/// `side_effects` on a connection of its own, then takes `delay`, then acks. An order whose id
+/// is `hang_on` makes it announce `INSIDE <id>` on standard output and never return, so a
+/// test can kill the process while it is inside `consume`.
+pub struct Effects {
+    /// Where side effects are written (its own pool, autocommitted).
+    pub store: checkpoint::Store,
+    /// Time each order takes after its side effect.
+    pub delay: std::time::Duration,
+    /// The order id that never returns.
+    pub hang_on: Option<String>,
+    /// `max_retries` of the handler.
+    pub max_retries: Option<u32>,
+}
+
+impl Handler for Effects {
+    fn name(&self) -> &str {
+        "effects"
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.max_retries
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        _ctx: &'a mut Context<'_>,
+    ) -> checkpoint::handler::BoxFuture<'a, Result<Outcome, HandlerError>> {
+        Box::pin(async move {
+            let order: Order = checkpoint::handler::decode_json(&message.payload)
+                .map_err(HandlerError::permanent)?;
+            if self.hang_on.as_deref() == Some(order.id.as_str()) {
+                announce(&format!("INSIDE {}", order.id)).map_err(HandlerError::new)?;
+                std::future::pending::<()>().await;
+            }
+            {
+                use diesel::ExpressionMethods;
+                let mut pooled = self.store.conn().await.map_err(HandlerError::new)?;
+                pooled
+                    .conn()
+                    .execute(
+                        diesel::insert_into(side_effects::table)
+                            .values(side_effects::token.eq(order.id.clone())),
+                    )
+                    .await?;
+            }
+            tokio::time::sleep(self.delay).await;
+            Ok(Outcome::ack(order.id, Utc::now()))
+        })
+    }
+}
+
+/// Writes `line` to standard output at once (a test reads it from the process).
+fn announce(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}

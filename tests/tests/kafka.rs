@@ -281,7 +281,56 @@ async fn batches_are_exactly_once_too(db: TestDb) {
     db.cleanup().await;
 }
 
+/// A partition paused while its worker backs off, then revoked (a second consumer joins) and
+/// assigned again (it leaves), fetches again: librdkafka keeps a pause flag across unassign
+/// and assign, so the listener clears it on assignment.
+async fn a_paused_partition_consumes_again_after_a_rebalance(db: TestDb) {
+    let (topic, group) = ("orders", "paused");
+    let cluster = Cluster::new(topic, 1);
+    let messages: Vec<_> = (0..2_500)
+        .map(|i| {
+            (
+                0,
+                "k".to_owned(),
+                format!(r#"{{"id":"o-{i}"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    cluster.produce(topic, &messages).await;
+    // Fails three times, 1.5 s apart: its queue fills past the pause mark meanwhile.
+    let failing = Arc::new(
+        Scripted::new(Step::Ack)
+            .script(&[Step::Fail, Step::Fail, Step::Fail])
+            .max_retries(None),
+    );
+    let slow_backoff = Backoff::new(Duration::from_millis(1_500), Duration::from_millis(1_500));
+    let mut a_spec = spec(&cluster, failing.clone(), topic, group)
+        .backoff(slow_backoff)
+        .listener_id("a");
+    a_spec.max_concurrency = 1;
+    let (stop_a, task_a) = start(a_spec, &db);
+    wait_until(TIMEOUT, "the first failure", || async {
+        failing.calls() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A slow second member: it owns the partition for a while, or takes none.
+    let slow = Arc::new(Scripted::new(Step::Ack).with_delay(Duration::from_millis(20)));
+    let (stop_b, task_b) = start(spec(&cluster, slow, topic, group).listener_id("b"), &db);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop_b.send(()).expect("stop b");
+    task_b.await.expect("join b");
+    wait_until(TIMEOUT, "every message after the rebalances", || async {
+        db.event_count().await == 2_500
+    })
+    .await;
+    stop_a.send(()).expect("stop a");
+    task_a.await.expect("join a");
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    a_paused_partition_consumes_again_after_a_rebalance,
     batches_are_exactly_once_too,
     five_thousand_messages_with_duplicates_and_poison,
     consumers_dropped_mid_stream_apply_nothing_twice,

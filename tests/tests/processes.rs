@@ -1,15 +1,20 @@
-//! Real processes: a consumer killed with SIGKILL while the broker lives in another process,
-//! then a new consumer that finishes the stream and stops cleanly on SIGTERM (exit 0).
+//! Real processes, with the broker in a process of its own: a consumer killed with SIGKILL
+//! mid-stream, then a new consumer that finishes the stream and stops cleanly on SIGTERM
+//! (exit 0); a message that kills its consumer every time it is consumed, which must end as a
+//! failure row rather than a crash loop; consumers joining and leaving a group while their
+//! handler is inside slow side effects, none of which may be applied twice.
 
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::TestDb;
 use support::kafka::{
-    Cluster, TIMEOUT, assert_exactly_once, wait_for_all, wait_for_commits, wait_until, workload,
+    Cluster, Produced, TIMEOUT, assert_exactly_once, distinct_side_effects, failures, wait_for_all,
+    wait_for_commits, wait_until, workload,
 };
 
 /// Kills the child on drop, so a failing test leaves no process behind.
@@ -95,4 +100,207 @@ async fn a_killed_consumer_process_applies_nothing_twice(db: TestDb) {
     db.cleanup().await;
 }
 
-on_every_backend!(a_killed_consumer_process_applies_nothing_twice);
+/// A consumer process running the per-message [`checkpoint_tests::Effects`] handler, whose
+/// standard output lines are collected.
+struct Effects {
+    process: Process,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Effects {
+    fn start(
+        servers: &str,
+        topic: &str,
+        group: &str,
+        database: &str,
+        delay_ms: u64,
+        hang_on: &str,
+    ) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sink-consumer"))
+            .args([
+                servers,
+                topic,
+                group,
+                database,
+                "effects",
+                &delay_ms.to_string(),
+            ])
+            .args((!hang_on.is_empty()).then_some(hang_on))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start sink-consumer");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Self {
+            process: Process(child),
+            lines,
+        }
+    }
+
+    fn said(&self, text: &str) -> bool {
+        self.lines.lock().expect("lines").iter().any(|l| l == text)
+    }
+
+    /// SIGTERM, then the `SETTLED <n>` it prints on its clean exit.
+    async fn stop(mut self) -> u64 {
+        let pid = self.process.0.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+        let mut status = None;
+        wait_until(
+            Duration::from_secs(60),
+            "a clean exit after SIGTERM",
+            || {
+                let exited = self.process.0.try_wait().expect("try_wait");
+                status = status.or(exited);
+                std::future::ready(status.is_some())
+            },
+        )
+        .await;
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "SIGTERM exits 0");
+        wait_until(Duration::from_secs(5), "the SETTLED line", || {
+            std::future::ready(
+                self.lines
+                    .lock()
+                    .expect("lines")
+                    .iter()
+                    .any(|l| l.starts_with("SETTLED ")),
+            )
+        })
+        .await;
+        let lines = self.lines.lock().expect("lines");
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("SETTLED "))
+            .and_then(|n| n.parse().ok())
+            .expect("a SETTLED count")
+    }
+}
+
+fn orders(count: usize, partitions: i32) -> Vec<Produced> {
+    (0..count)
+        .map(|i| {
+            let partition = i32::try_from(i).expect("small") % partitions;
+            (
+                partition,
+                format!("k{i}"),
+                format!(r#"{{"id":"order-{i}"}}"#).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// `max_retries = 2`: the consumer is killed inside `consume` of the same order three times
+/// (`max_retries + 1` deliveries that never return). The fourth consumer records that order as
+/// a failure without consuming it again, and handles everything else exactly once.
+async fn a_message_that_kills_its_consumer_becomes_a_failure(db: TestDb) {
+    db.create_side_effects_table().await;
+    let (topic, group) = ("orders", "poisoned");
+    let (_broker, servers) = broker(topic, 1);
+    let cluster = Cluster::external(servers.clone());
+    cluster.produce(topic, &orders(30, 1)).await;
+    for round in 1..=3 {
+        let mut consumer = Effects::start(&servers, topic, group, &db.url, 0, "order-10");
+        wait_until(
+            TIMEOUT,
+            &format!("delivery {round} of the poison order"),
+            || std::future::ready(consumer.said("INSIDE order-10")),
+        )
+        .await;
+        consumer.process.0.kill().expect("SIGKILL");
+        consumer.process.0.wait().expect("wait");
+    }
+    let last = Effects::start(&servers, topic, group, &db.url, 0, "order-10");
+    wait_until(
+        TIMEOUT,
+        "every other order and the poison's failure",
+        || async { db.event_count().await == 29 && failures(&db).await == 1 },
+    )
+    .await;
+    wait_for_commits(&cluster, topic, group, 1).await;
+    assert!(
+        !last.said("INSIDE order-10"),
+        "the poison order was not consumed a fourth time"
+    );
+    last.stop().await;
+    let failure = db
+        .store
+        .list_failures(&Default::default())
+        .await
+        .expect("failures")
+        .pop()
+        .expect("one failure");
+    assert_eq!(failure.error_class, "never_returned", "{failure:?}");
+    assert_eq!(failure.attempts, 3, "{failure:?}");
+    assert_eq!(
+        db.total_side_effects().await,
+        29,
+        "each other order applied once"
+    );
+    assert_eq!(distinct_side_effects(&db).await, 29);
+    db.cleanup().await;
+}
+
+/// Consumers join and leave a group while their handler sits inside a slow side effect
+/// outside the checkpoint transaction: a revocation waits for the message in hand, so the
+/// next owner never starts it again.
+async fn rebalances_do_not_repeat_side_effects_in_flight(db: TestDb) {
+    db.create_side_effects_table().await;
+    let (topic, group) = ("orders", "rebalancing");
+    let partitions = 6;
+    let (_broker, servers) = broker(topic, partitions);
+    let cluster = Cluster::external(servers.clone());
+    // 6 partitions at 4 orders a second each: about 30 s of work, longer than the rounds.
+    let count = 720;
+    cluster.produce(topic, &orders(count, partitions)).await;
+    let start = || Effects::start(&servers, topic, group, &db.url, 250, "");
+    let first = start();
+    let mut settled = Vec::new();
+    for _round in 0..2 {
+        let joining = start();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let another = start();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        settled.push(joining.stop().await);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settled.push(another.stop().await);
+    }
+    let total = i64::try_from(count).expect("small");
+    wait_until(TIMEOUT, "every order", || async {
+        db.event_count().await == total
+    })
+    .await;
+    wait_for_commits(&cluster, topic, group, partitions).await;
+    settled.push(first.stop().await);
+    assert_eq!(
+        distinct_side_effects(&db).await,
+        total,
+        "every order applied"
+    );
+    assert_eq!(
+        db.total_side_effects().await,
+        total,
+        "no order applied twice"
+    );
+    assert!(
+        settled.iter().all(|n| *n > 0),
+        "every consumer owned partitions and settled messages: {settled:?}"
+    );
+    db.cleanup().await;
+}
+
+on_every_backend!(
+    a_killed_consumer_process_applies_nothing_twice,
+    a_message_that_kills_its_consumer_becomes_a_failure,
+    rebalances_do_not_repeat_side_effects_in_flight,
+);

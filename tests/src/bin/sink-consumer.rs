@@ -1,23 +1,39 @@
-//! A consumer process running one listener with the transactional [`Sink`] handler until
-//! SIGINT/SIGTERM (clean shutdown, exit 0) or SIGKILL. Usage:
-//! `sink-consumer BOOTSTRAP_SERVERS TOPIC GROUP DATABASE_URL`.
+//! A consumer process running one listener until SIGINT/SIGTERM (clean shutdown: it prints
+//! `SETTLED <n>` and exits 0) or SIGKILL. Usage:
+//! `sink-consumer BOOTSTRAP_SERVERS TOPIC GROUP DATABASE_URL [effects DELAY_MS [HANG_ON_ID]]`:
+//! by default the transactional [`Sink`]; with `effects`, the per-message [`Effects`] handler
+//! (side effect outside the transaction, `DELAY_MS` per order, `max_retries = 2`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use checkpoint::Handler;
 use checkpoint::listener::{Listener, ListenerSpec};
 use checkpoint::{Backoff, Engine, Store};
-use checkpoint_tests::Sink;
+use checkpoint_tests::{Effects, Sink};
+
+const USAGE: &str = "usage: sink-consumer BOOTSTRAP_SERVERS TOPIC GROUP DATABASE_URL [effects DELAY_MS [HANG_ON_ID]]";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [servers, topic, group, database] = args.as_slice() else {
-        return Err("usage: sink-consumer BOOTSTRAP_SERVERS TOPIC GROUP DATABASE_URL".into());
+    let (servers, topic, group, database) = match args.as_slice() {
+        [servers, topic, group, database, ..] => (servers, topic, group, database),
+        _ => return Err(USAGE.into()),
     };
     let store = Store::connect(database)?;
-    let spec = ListenerSpec::new(Arc::new(Sink), topic.as_str(), group.as_str())
-        .max_concurrency(3)
+    let handler: Arc<dyn Handler> = match args.get(4).map(String::as_str) {
+        None => Arc::new(Sink),
+        Some("effects") => Arc::new(Effects {
+            store: store.clone(),
+            delay: Duration::from_millis(args.get(5).ok_or(USAGE)?.parse()?),
+            hang_on: args.get(6).cloned(),
+            max_retries: Some(2),
+        }),
+        Some(_) => return Err(USAGE.into()),
+    };
+    let spec = ListenerSpec::new(handler, topic.as_str(), group.as_str())
+        .max_concurrency(6)
         .backoff(Backoff::new(
             Duration::from_millis(20),
             Duration::from_millis(200),
@@ -26,8 +42,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .kafka("session.timeout.ms", "3000")
         .kafka("heartbeat.interval.ms", "500")
         .kafka("auto.commit.interval.ms", "200");
-    Listener::new(spec, Engine::new(store))
-        .run(checkpoint::app::shutdown_signal())
-        .await?;
+    let listener = Listener::new(spec, Engine::new(store));
+    let stats = listener.stats();
+    listener.run(checkpoint::app::shutdown_signal()).await?;
+    println!("SETTLED {}", stats.snapshot().settled());
     Ok(())
 }

@@ -79,6 +79,96 @@ impl Cluster {
         }
     }
 
+    /// Produces one message whose only header has the name `name`, as raw bytes. Kafka header
+    /// names are arbitrary bytes, but rdkafka's safe API takes them as `&str`: this goes
+    /// through librdkafka's C API to produce a name that is not UTF-8.
+    #[allow(unsafe_code)]
+    pub fn produce_with_raw_header(
+        &self,
+        topic: &str,
+        partition: i32,
+        payload: &[u8],
+        name: &[u8],
+        value: &[u8],
+    ) {
+        use rdkafka::bindings::{
+            RD_KAFKA_MSG_F_COPY, rd_kafka_error_destroy, rd_kafka_error_string, rd_kafka_produceva,
+            rd_kafka_vtype_t as Field, rd_kafka_vu_s__bindgen_ty_1 as Value,
+            rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 as Bytes,
+            rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 as HeaderField, rd_kafka_vu_t,
+        };
+        use rdkafka::producer::{BaseProducer, Producer};
+        use std::ffi::{CStr, CString};
+
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.servers)
+            .create()
+            .expect("producer");
+        let topic = CString::new(topic).expect("topic without NUL");
+        // librdkafka reads the header name up to its NUL.
+        let name = CString::new(name).expect("header name without NUL");
+        let field = |vtype, u| rd_kafka_vu_t { vtype, u };
+        let fields = [
+            field(
+                Field::RD_KAFKA_VTYPE_TOPIC,
+                Value {
+                    cstr: topic.as_ptr(),
+                },
+            ),
+            field(Field::RD_KAFKA_VTYPE_PARTITION, Value { i32_: partition }),
+            field(
+                Field::RD_KAFKA_VTYPE_MSGFLAGS,
+                Value {
+                    i: RD_KAFKA_MSG_F_COPY,
+                },
+            ),
+            field(
+                Field::RD_KAFKA_VTYPE_VALUE,
+                Value {
+                    mem: Bytes {
+                        ptr: payload.as_ptr().cast_mut().cast(),
+                        size: payload.len(),
+                    },
+                },
+            ),
+            field(
+                Field::RD_KAFKA_VTYPE_HEADER,
+                Value {
+                    header: HeaderField {
+                        name: name.as_ptr(),
+                        val: value.as_ptr().cast(),
+                        size: isize::try_from(value.len()).expect("small header value"),
+                    },
+                },
+            ),
+        ];
+        // SAFETY: the client pointer is the live producer's; every pointer in `fields` points
+        // into `topic`, `name`, `payload` or `value`, which outlive the call, with the length
+        // librdkafka is told; RD_KAFKA_MSG_F_COPY makes librdkafka copy the payload, and it
+        // copies the topic name and the header before returning.
+        let error = unsafe {
+            rd_kafka_produceva(
+                producer.client().native_ptr(),
+                fields.as_ptr(),
+                fields.len(),
+            )
+        };
+        if !error.is_null() {
+            // SAFETY: a non-null result is an error object that is ours to read, then destroy.
+            let text = unsafe {
+                let text = CStr::from_ptr(rd_kafka_error_string(error))
+                    .to_string_lossy()
+                    .into_owned();
+                rd_kafka_error_destroy(error);
+                text
+            };
+            panic!("producing a message with a raw header name failed: {text}");
+        }
+        producer
+            .flush(Duration::from_secs(10))
+            .expect("the message with a raw header name delivered");
+    }
+
     /// Number of messages in each partition (the high watermarks).
     pub fn high_watermarks(&self, topic: &str, partitions: i32) -> Vec<i64> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
