@@ -253,17 +253,20 @@ async fn a_message_that_kills_its_consumer_becomes_a_failure(db: TestDb) {
 
 /// Consumers join and leave a group while their handler sits inside a slow side effect
 /// outside the checkpoint transaction: a revocation waits for the message in hand, so the
-/// next owner never starts it again.
+/// next owner never starts it again. (Without that wait this test applies orders twice.)
 async fn rebalances_do_not_repeat_side_effects_in_flight(db: TestDb) {
     db.create_side_effects_table().await;
     let (topic, group) = ("orders", "rebalancing");
     let partitions = 6;
     let (_broker, servers) = broker(topic, partitions);
     let cluster = Cluster::external(servers.clone());
-    // 6 partitions at 4 orders a second each: about 30 s of work, longer than the rounds.
-    let count = 720;
+    // Each order takes 4 s after its side effect: longer than a rebalance takes on the mock
+    // cluster (it holds the join phase open for the session timeout less 1 s, 2 s here), so
+    // the next owner reaches orders its previous owner is still inside. 6 partitions at a
+    // quarter order a second each: 40 s of work, longer than the rounds.
+    let count = 60;
     cluster.produce(topic, &orders(count, partitions)).await;
-    let start = || Effects::start(&servers, topic, group, &db.url, 250, "");
+    let start = || Effects::start(&servers, topic, group, &db.url, 4_000, "");
     let first = start();
     let mut settled = Vec::new();
     for _round in 0..2 {
