@@ -271,6 +271,7 @@ impl From<EngineError> for ApiError {
             EngineError::Store(e) => e.into(),
             // consume ran, but the database did not take its outcome in time.
             EngineError::Interrupted => Self::Unavailable,
+            EngineError::Unsettled(e) => e.into(),
         }
     }
 }

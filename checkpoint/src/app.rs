@@ -202,10 +202,17 @@ impl App {
             }
         }
         let _ = stop.send(());
+        // Every listener drains before the first error is reported: returning early would
+        // drop the others mid-shutdown.
+        let mut first_error = Ok(());
         while let Some(result) = tasks.join_next().await {
-            flatten(result)?;
+            if let Err(error) = flatten(result)
+                && first_error.is_ok()
+            {
+                first_error = Err(error);
+            }
         }
-        Ok(())
+        first_error
     }
 }
 

@@ -70,11 +70,14 @@ pub enum StoreError {
         /// What the migration harness said.
         message: String,
     },
-    /// A value contains a character its column cannot hold (NUL, refused by PostgreSQL text).
-    #[error("{field} contains a NUL character, which the checkpoint tables cannot hold")]
+    /// A value its column cannot hold on every backend: text with a NUL character (refused by
+    /// PostgreSQL), a time outside the years 1000 to 9999 (refused by MySQL).
+    #[error("{field} {reason}, which the checkpoint tables cannot hold")]
     FieldInvalid {
         /// Column name.
         field: &'static str,
+        /// What is wrong with the value.
+        reason: &'static str,
     },
     /// A value is longer than its column allows.
     #[error("{field} is {len} characters long; at most {max} fit in the checkpoint tables")]
@@ -133,7 +136,7 @@ impl StoreError {
     /// The column a [`StoreError::FieldTooLong`] or [`StoreError::FieldInvalid`] names.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Self::FieldTooLong { field, .. } | Self::FieldInvalid { field } => Some(field),
+            Self::FieldTooLong { field, .. } | Self::FieldInvalid { field, .. } => Some(field),
             _ => None,
         }
     }

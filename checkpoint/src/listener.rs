@@ -9,9 +9,10 @@
 //!   high-water mark and resumed at a low one, so the group never sees a stalled member. A
 //!   partition that is merely busy is not paused (librdkafka would drop and refetch what it
 //!   prefetched): the receive loop waits for its worker instead.
-//! - Memory is bounded by bytes as well as by count: once the listener holds
-//!   `max_queued_bytes` of received, unsettled messages, each partition that delivers more is
-//!   paused until the backlog drains below half of that.
+//! - Memory is bounded by bytes as well as by count: each partition with a worker may hold
+//!   its share of `max_queued_bytes` in received, unsettled messages; one that delivers past
+//!   its share is paused until it drains below half of it, so a partition stuck behind a
+//!   failing message does not hold up the others.
 //! - Offsets are *stored* after a message settles (`enable.auto.offset.store=false`) and
 //!   committed asynchronously in batches (`enable.auto.commit`, 1 s by default); synchronously
 //!   on partition revoke and on shutdown.
@@ -371,10 +372,13 @@ pub enum ListenerError {
 #[derive(Default)]
 struct Assignment {
     revoked: Mutex<HashMap<i32, Arc<AtomicBool>>>,
-    /// Partitions whose worker is inside a message or batch, with how many such workers.
+    /// Partitions whose worker holds them (from taking ownership until letting them go), with
+    /// how many such workers.
     busy: Mutex<HashMap<i32, usize>>,
-    /// Signalled when a worker leaves its message or batch.
+    /// Signalled when a worker lets its partition go.
     idle: Condvar,
+    /// Wakes workers waiting for a message or a turn when partitions are revoked.
+    revocation: Notify,
     /// The listener is going away (shutdown or crash): revocations no longer wait.
     closing: AtomicBool,
 }
@@ -404,11 +408,12 @@ impl Assignment {
         }
     }
 
-    /// Flags `partitions` revoked, then waits, at most `timeout`, until none of them is inside
-    /// a message or batch: each worker settles what it holds (it starts nothing new), so the
-    /// offsets committed next cover it and the next owner does not consume it again. The wait
-    /// blocks the thread that polls the consumer; on a multi-threaded runtime other tasks move
-    /// off it first.
+    /// Flags `partitions` revoked, then waits, at most `timeout`, until their workers have let
+    /// them go: each settles the message or batch in hand (it starts nothing new), gives up
+    /// its ownership row, and ends; so the offsets committed next cover its work and the next
+    /// owner neither consumes it again nor takes it for a dead owner. The wait blocks the
+    /// thread that polls the consumer; on a multi-threaded runtime other tasks move off it
+    /// first.
     fn revoke(&self, partitions: &TopicPartitionList, timeout: Duration, listener_id: &str) {
         let revoked: Vec<i32> = partitions
             .elements()
@@ -423,6 +428,7 @@ impl Assignment {
                 }
             }
         }
+        self.revocation.notify_waiters();
         if self.closing.load(Ordering::SeqCst) {
             return;
         }
@@ -466,7 +472,7 @@ impl Assignment {
     }
 }
 
-/// A partition's worker is inside a message or batch while this lives.
+/// A partition's worker holds the partition while this lives.
 struct Busy {
     assignment: Arc<Assignment>,
     partition: i32,
@@ -587,32 +593,39 @@ where
 
 type Consumer_ = StreamConsumer<ListenerContext>;
 
-/// The listener's budget of queued bytes.
+/// The listener's budget of queued bytes, shared fairly: each partition with a worker may
+/// hold `max / partitions` bytes, so one partition stuck behind a failing message holds its
+/// share and the others keep flowing.
 struct Budget {
     max: usize,
     stats: Arc<ListenerStats>,
-    /// Signalled when the queued bytes drop below half of `max`.
+    /// Partitions with a worker.
+    partitions: AtomicUsize,
+    /// Signalled when a partition's bytes drop below half of its share.
     drained: Notify,
 }
 
 impl Budget {
-    fn used(&self) -> usize {
-        self.stats.queued_bytes.load(Ordering::SeqCst)
+    fn share(&self) -> usize {
+        (self.max / self.partitions.load(Ordering::SeqCst).max(1)).max(1)
     }
 
-    fn exceeded(&self) -> bool {
-        self.used() >= self.max
+    /// The partition holds its share or more: it should pause.
+    fn over(&self, flow: &Flow) -> bool {
+        flow.bytes.load(Ordering::SeqCst) >= self.share()
     }
 
-    /// Below the low-water mark: paused partitions may resume.
-    fn low(&self) -> bool {
-        self.used() < self.max / 2 + 1
+    /// The partition holds less than half its share: it may resume.
+    fn low(&self, flow: &Flow) -> bool {
+        flow.bytes.load(Ordering::SeqCst) < self.share() / 2 + 1
     }
 
-    fn take(budget: &Arc<Self>, bytes: usize) -> Ticket {
+    fn take(budget: &Arc<Self>, flow: &Arc<Flow>, bytes: usize) -> Ticket {
         budget.stats.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        flow.bytes.fetch_add(bytes, Ordering::SeqCst);
         Ticket {
             budget: Arc::clone(budget),
+            flow: Arc::clone(flow),
             bytes,
         }
     }
@@ -622,6 +635,7 @@ impl Budget {
 /// (the messages are settled, abandoned or dropped with their worker).
 struct Ticket {
     budget: Arc<Budget>,
+    flow: Arc<Flow>,
     bytes: usize,
 }
 
@@ -638,7 +652,8 @@ impl Drop for Ticket {
                 .stats
                 .queued_bytes
                 .fetch_sub(self.bytes, Ordering::SeqCst);
-            if self.budget.low() {
+            self.flow.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+            if self.budget.low(&self.flow) {
                 self.budget.drained.notify_one();
             }
         }
@@ -656,14 +671,32 @@ struct Queued {
 struct Flow {
     /// Messages queued for the worker.
     depth: AtomicUsize,
-    /// The partition is paused in librdkafka.
-    paused: AtomicBool,
+    /// Bytes of this partition's received, unsettled messages.
+    bytes: AtomicUsize,
+    /// The partition is paused in librdkafka; held while pausing or resuming, so a pause and
+    /// a resume cannot cross and leave librdkafka and this flag disagreeing.
+    paused: Mutex<bool>,
     /// The worker is waiting out a backoff (a failing message or a database outage).
     backing_off: AtomicBool,
     /// Signalled when `depth` drops or `backing_off` is set.
     changed: Notify,
     /// Why the worker stopped with an error, for the receive loop.
     error: Mutex<Option<EngineError>>,
+}
+
+impl Flow {
+    fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pauses or resumes the partition in librdkafka, unless it already is.
+    fn set_paused(&self, consumer: &Consumer_, topic: &str, partition: i32, paused: bool) {
+        let mut state = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if *state != paused {
+            set_paused(consumer, topic, partition, paused);
+            *state = paused;
+        }
+    }
 }
 
 /// One partition's worker.
@@ -791,6 +824,7 @@ impl Listener {
             budget: Arc::new(Budget {
                 max: self.spec.max_queued_bytes.max(1),
                 stats: Arc::clone(&self.stats),
+                partitions: AtomicUsize::new(0),
                 drained: Notify::new(),
             }),
             spec: self.spec,
@@ -827,7 +861,7 @@ impl Listener {
                 Ok(message) => {
                     outage = 0;
                     let partition = message.partition();
-                    let queued = to_queued(&shared, &message);
+                    let (owned, bytes) = to_owned(&shared, &message);
                     drop(message);
                     // A worker that ended with its partition still ours stops the listener
                     // before anything of that partition goes on.
@@ -846,11 +880,19 @@ impl Listener {
                         // previous one has finished what it held.
                         let previous = workers.remove(&partition);
                         workers.insert(partition, spawn_worker(&shared, partition, previous));
+                        shared
+                            .budget
+                            .partitions
+                            .store(workers.len(), Ordering::SeqCst);
                     }
                     let Some(worker) = workers.get(&partition) else {
                         continue;
                     };
                     let flow = Arc::clone(&worker.flow);
+                    let queued = Queued {
+                        ticket: Budget::take(&shared.budget, &flow, bytes),
+                        message: owned,
+                    };
                     let depth = flow.depth.fetch_add(1, Ordering::SeqCst) + 1;
                     if worker.queue.send(queued).is_err() {
                         flow.depth.fetch_sub(1, Ordering::SeqCst);
@@ -867,10 +909,10 @@ impl Listener {
                         if stop {
                             break;
                         }
-                    } else if shared.budget.exceeded() && !flow.paused.swap(true, Ordering::SeqCst)
-                    {
-                        // Over the byte budget: this partition waits until the backlog drains.
-                        set_paused(&consumer, &shared.spec.topic, partition, true);
+                    } else if shared.budget.over(&flow) {
+                        // Over its share of the byte budget: this partition waits until its
+                        // backlog drains.
+                        flow.set_paused(&consumer, &shared.spec.topic, partition, true);
                     }
                 }
                 Err(error) => {
@@ -952,13 +994,12 @@ fn check_workers(
                 },
             });
         }
-        if flow.paused.load(Ordering::SeqCst)
+        if flow.is_paused()
             && !flow.backing_off.load(Ordering::SeqCst)
             && flow.depth.load(Ordering::SeqCst) <= RESUME_AT
-            && shared.budget.low()
-            && flow.paused.swap(false, Ordering::SeqCst)
+            && shared.budget.low(flow)
         {
-            set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+            flow.set_paused(&shared.consumer, &shared.spec.topic, partition, false);
         }
     }
     Ok(())
@@ -985,9 +1026,7 @@ async fn hold_back(
             return false;
         }
         if flow.backing_off.load(Ordering::SeqCst) || tokio::time::Instant::now() >= deadline {
-            if !flow.paused.swap(true, Ordering::SeqCst) {
-                set_paused(consumer, topic, partition, true);
-            }
+            flow.set_paused(consumer, topic, partition, true);
             return false;
         }
         if flow.depth.load(Ordering::SeqCst) < PAUSE_AT {
@@ -1015,8 +1054,8 @@ fn set_paused(consumer: &Consumer_, topic: &str, partition: i32, paused: bool) {
     }
 }
 
-/// An owned copy of `message`, its headers byte for byte, counted against the byte budget.
-fn to_queued(shared: &Shared, message: &BorrowedMessage<'_>) -> Queued {
+/// An owned copy of `message`, its headers byte for byte, and its size for the byte budget.
+fn to_owned(shared: &Shared, message: &BorrowedMessage<'_>) -> (Message, usize) {
     shared.stats.received.fetch_add(1, Ordering::Relaxed);
     let message = Message {
         topic: message.topic().to_owned(),
@@ -1037,10 +1076,7 @@ fn to_queued(shared: &Shared, message: &BorrowedMessage<'_>) -> Queued {
             .iter()
             .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
             .sum::<usize>();
-    Queued {
-        ticket: Budget::take(&shared.budget, bytes),
-        message,
-    }
+    (message, bytes)
 }
 
 /// A worker for `partition`. When the partition was ours before (revoked, then assigned
@@ -1113,6 +1149,8 @@ async fn work(
         flow,
         revoked,
     };
+    // Held from taking ownership until letting the partition go: a revocation waits for it.
+    let held = shared.assignment.busy(partition);
     match session
         .begin(&shared.spec.topic, partition, &progress)
         .await
@@ -1122,23 +1160,32 @@ async fn work(
         Err(error) => return Err(error),
     }
     let mut stopping = shared.stopping.clone();
-    // Ends holding the busy mark of the run it stopped in, if any: the partition is let go
-    // (below) before a waiting revocation hands it on.
-    let busy = loop {
+    let gone = || revoked.load(Ordering::SeqCst) || shared.stopping();
+    loop {
+        let revocation = shared.assignment.revocation.notified();
+        tokio::pin!(revocation);
+        // Registered before the check, so a revocation between the two is not missed.
+        revocation.as_mut().enable();
+        if gone() {
+            break;
+        }
         let first = tokio::select! {
             received = inbox.recv() => match received {
                 Some(queued) => queued,
-                None => break None,
+                None => break,
             },
-            _ = stopping.wait_for(|stop| *stop) => break None,
+            _ = stopping.wait_for(|stop| *stop) => break,
+            () = &mut revocation => continue,
         };
         // Wait for a turn first, so the run below takes everything queued meanwhile.
-        let Ok(_permit) = shared.permits.acquire().await else {
-            break None;
+        let permit = tokio::select! {
+            permit = shared.permits.acquire() => permit,
+            // Not processed: it goes to the next owner.
+            () = &mut revocation => continue,
         };
-        // In flight from here: a revocation waits for this run (marked before the revoked
-        // check below, so a revocation either sees it busy or this worker sees it revoked).
-        let busy = shared.assignment.busy(partition);
+        let Ok(_permit) = permit else {
+            break;
+        };
         // Take what is already queued: up to batch_size messages for a batch, or up to
         // CHECK_AHEAD messages whose duplicate check is done in one query.
         let window = if shared.spec.batch_size > 1 {
@@ -1147,9 +1194,9 @@ async fn work(
             CHECK_AHEAD
         };
         let run = take_queued(shared, partition, &mut inbox, flow, Some(first), window);
-        if revoked.load(Ordering::SeqCst) || shared.stopping() {
+        if gone() {
             // Not ours any more, or shutting down: leave it to the next owner.
-            break Some(busy);
+            break;
         }
         let done = if shared.spec.batch_size > 1 {
             settle_batches(shared, partition, &mut inbox, run, &mut session, &progress).await?
@@ -1157,9 +1204,9 @@ async fn work(
             settle_run(shared, run, &mut session, &progress).await?
         };
         if !done {
-            break Some(busy);
+            break;
         }
-    };
+    }
     // Nothing of this partition is inside `consume` any more: let it go cleanly. (A worker
     // that ends with an error keeps its ownership row, so the next owner counts the message
     // it stopped at.)
@@ -1167,7 +1214,7 @@ async fn work(
         Ok(()) | Err(EngineError::Interrupted) => Ok(()),
         Err(error) => Err(error),
     };
-    drop(busy);
+    drop(held);
     left
 }
 
@@ -1203,8 +1250,8 @@ fn take_queued(
     let taken = messages.len();
     let left = flow.depth.fetch_sub(taken, Ordering::SeqCst) - taken;
     flow.changed.notify_one();
-    if left <= RESUME_AT && shared.budget.low() && flow.paused.swap(false, Ordering::SeqCst) {
-        set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+    if left <= RESUME_AT && shared.budget.low(flow) {
+        flow.set_paused(&shared.consumer, &shared.spec.topic, partition, false);
     }
     Run {
         messages,

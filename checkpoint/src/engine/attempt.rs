@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::Backoff;
 use crate::handler::{Ack, Context, Handler, HandlerError, Outcome, default_retry_decision};
 use crate::message::{Header, Message, Metadata, Origin, checksum};
-use crate::store::{Conn, DedupKey, NewEvent, NewFailure, StoreError, check_text};
+use crate::store::{Conn, DedupKey, NewEvent, NewFailure, StoreError, check_text, check_time};
 
 /// What a listener decides about its messages; the engine reads it on every attempt. The
 /// default: a 1 s – 60 s backoff, retries without bound, no handler timeout.
@@ -174,9 +174,11 @@ impl<'a> Attempt<'a> {
         });
         // The listener's default bounds only handlers that declare no max_retries; a handler's
         // own retry decision may go past its own max_retries.
-        let cap = match handler.max_retries() {
-            Some(_) => None,
-            None => self.policy.default_max_retries,
+        let declared = guard("max_retries", || handler.max_retries());
+        let cap = match declared {
+            Ok(Some(_)) => None,
+            Ok(None) => self.policy.default_max_retries,
+            Err(panic) => return Err(panic),
         };
         match decided {
             Ok(true) if default_retry_decision(cap, self.metadata.retry_count) => Ok(error),
@@ -262,7 +264,16 @@ impl<'a> Attempt<'a> {
             guard("event_version", || handler.event_version(message)),
         );
         let event_time = match guard("entity_time", || handler.entity_time(message)) {
-            Ok(time) => time.map(|t| t.naive_utc()),
+            Ok(time) => {
+                let time = time.map(|t| t.naive_utc());
+                match check_time("event_time", time) {
+                    Ok(()) => time,
+                    Err(error) => {
+                        omitted.push(error.to_string());
+                        None
+                    }
+                }
+            }
             Err(panic) => {
                 omitted.push(format!("event_time left empty: {}", panic.message()));
                 None
@@ -296,6 +307,7 @@ pub(super) struct AckFields {
 
 impl AckFields {
     fn check(&self) -> Result<(), StoreError> {
+        check_time("event_time", self.event_time)?;
         check_text("entity_id", self.entity_id.as_deref())?;
         check_text("event_type", self.event_type.as_deref())?;
         check_text("event_version", self.event_version.as_deref())

@@ -278,6 +278,7 @@ impl Engine {
             settled,
             retry,
             next_checked: None,
+            interrupted: false,
         })
     }
 
@@ -294,6 +295,11 @@ impl Engine {
             .claim_and_consume(&mut conn, attempts, existing, progress)
             .await
         {
+            Ok(outcome) if outcome.interrupted => {
+                // The connection's state is unknown: never commit on it, never reuse it.
+                pooled.discard();
+                return Ok(outcome);
+            }
             Ok(outcome) => outcome,
             Err(EngineError::Store(error)) => return Err(abandon(&mut conn, error).await),
             Err(other) => {
@@ -354,6 +360,14 @@ impl Engine {
                 Some(problem) => Verdict::Fail(problem.error()),
                 None => {
                     let called = self.consume(attempt, Some(rows.conn.reborrow())).await;
+                    if called.interrupted {
+                        return Ok(BatchOutcome {
+                            settled: Vec::new(),
+                            retry: called.result.err(),
+                            next_checked: None,
+                            interrupted: true,
+                        });
+                    }
                     self.triage(attempt, called.result, RetryMode::Decide)
                 }
             };
@@ -380,6 +394,7 @@ impl Engine {
             settled,
             retry,
             next_checked: None,
+            interrupted: false,
         })
     }
 }

@@ -13,6 +13,15 @@ use crate::instrument::Notification;
 use crate::message::{Message, Origin};
 use crate::store::{Conn, PooledConn, StoreError};
 
+/// How to count a delivery durably (see [`Engine::count_delivery`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Count<'a> {
+    /// Deliveries a dead previous owner made without counting them (0 or 1).
+    pub(super) died: u32,
+    /// Names this delivery, so counting it again changes nothing.
+    pub(super) delivery: &'a str,
+}
+
 /// Per-message rows: the event inserted after `consume` (`INSERT … ON CONFLICT DO NOTHING`)
 /// and a failure row on its own (the default), both retried as store steps, never by running
 /// `consume` again.
@@ -117,17 +126,18 @@ impl Engine {
         origin: &Origin,
         policy: &Policy,
         retry_count: u32,
-        count: Option<u32>,
+        count: Option<Count<'_>>,
         progress: &dyn Progress,
     ) -> Result<Disposition, EngineError> {
         let mut attempt = Attempt::new(handler, message, origin, policy, retry_count, None);
-        let checked = if let Some(died) = count
+        let checked = if let Some(count) = count
             && attempt.unusable.is_none()
         {
             let started = Instant::now();
             let exists = self.store.event_exists(attempt.key()).await?;
             if !exists {
-                self.count_delivery(&mut attempt, retry_count, died).await?;
+                self.count_delivery(&mut attempt, retry_count, count)
+                    .await?;
             }
             Some((exists, started.elapsed()))
         } else {
@@ -146,13 +156,18 @@ impl Engine {
         &self,
         attempt: &mut Attempt<'_>,
         local: u32,
-        died: u32,
+        count: Count<'_>,
     ) -> Result<(), EngineError> {
         // This delivery, plus the one a dead previous owner died inside of when it had not
         // counted it (a count it made is there already).
         let counted = self
             .store
-            .count_attempt(attempt.key(), died, local.saturating_add(1))
+            .count_attempt(
+                attempt.key(),
+                count.delivery,
+                count.died,
+                local.saturating_add(1),
+            )
             .await?;
         let earlier = counted.saturating_sub(1);
         attempt.metadata.retry_count = earlier;

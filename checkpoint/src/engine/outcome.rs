@@ -81,6 +81,10 @@ pub struct BatchOutcome {
     /// this batch ends in a retry (its remaining messages may still store keys the check does
     /// not know).
     pub next_checked: Option<CheckedAhead>,
+    /// A `consume` call was cut off by `handler_timeout` inside the batch transaction: the
+    /// transaction and its connection were discarded, nothing of the batch is settled, and
+    /// its messages are taken one by one.
+    pub(crate) interrupted: bool,
 }
 
 /// An error of the engine itself (not of the handler).
@@ -91,6 +95,11 @@ pub enum EngineError {
     /// again (`consume` has not run, or its writes were rolled back with the transaction).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `consume` ran, but storing its outcome failed in a way waiting did not fix. The
+    /// message is not settled (its offset is not committed) and the attempt is not run again
+    /// here: the listener stops, and the message is delivered again after a restart.
+    #[error("the outcome of consume could not be stored: {0}")]
+    Unsettled(#[source] StoreError),
     /// A stop was requested (shutdown) while the engine waited for the database; the message
     /// is not settled and is delivered again later.
     #[error("stopped while waiting for the database; the message is not settled")]

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::modes::Count;
 use super::{Disposition, Engine, EngineError, Policy};
 use crate::handler::{BoxFuture, Handler};
 use crate::message::{Message, Origin};
@@ -114,7 +115,12 @@ impl Engine {
         loop {
             match step().await {
                 Ok(value) => return Ok(value),
-                Err(error) => self.wait_after(error, &mut tries, progress).await?,
+                Err(error) => match self.wait_after(error, &mut tries, progress).await {
+                    Ok(()) => {}
+                    // `consume` has run: the attempt must not be run again for this error.
+                    Err(EngineError::Store(error)) => return Err(EngineError::Unsettled(error)),
+                    Err(other) => return Err(other),
+                },
             }
         }
     }
@@ -333,8 +339,11 @@ impl Session {
         let mut tries = Tries::default();
         let mut ahead = self.ahead.take();
         let mut retry_count = 0;
+        // After a batch transaction was discarded (a consume cut off by handler_timeout), the
+        // rest of this batch goes one by one.
+        let mut singly = false;
         loop {
-            while self.window.uncertain || retry_count > 0 {
+            while self.window.uncertain || retry_count > 0 || singly {
                 let Some(message) = batch.pop_front() else {
                     return Ok(true);
                 };
@@ -387,6 +396,10 @@ impl Session {
                     continue;
                 }
             };
+            if outcome.interrupted {
+                singly = true;
+                continue;
+            }
             for disposition in &outcome.settled {
                 if let Some(message) = batch.pop_front() {
                     progress.settled(&message, disposition);
@@ -437,12 +450,15 @@ impl Engine {
         let mut tries = Tries::default();
         let mut counted = false;
         let mut first = true;
+        // Names this message's deliveries in this loop: an attempt tried again after a store
+        // error is the same delivery, and is not counted twice.
+        let deliveries = fastrand::u64(..);
         loop {
             let count = window.uncertain || retry_count > 0;
-            counted |= count;
             let died = u32::from(count && window.previous_died);
             let checked_ahead = first && !count && ahead.is_some();
             first = false;
+            let delivery = format!("{deliveries:016x}-{retry_count}");
             let attempt = match ahead.as_deref_mut() {
                 // The first attempt uses the run's duplicate check; later ones check again.
                 Some(ahead) if checked_ahead => {
@@ -450,21 +466,26 @@ impl Engine {
                         .await
                 }
                 _ => {
+                    let count = count.then_some(Count {
+                        died,
+                        delivery: &delivery,
+                    });
                     self.attempt_once(
                         handler,
                         message,
                         origin,
                         policy,
                         retry_count,
-                        count.then_some(died),
+                        count,
                         progress,
                     )
                     .await
                 }
             };
-            if !matches!(attempt, Ok(Disposition::AlreadyConsumed) | Err(_)) {
-                // The first message consumed here was counted: what the previous owner died
-                // inside of, if anything, is accounted for.
+            if count && !matches!(attempt, Ok(Disposition::AlreadyConsumed) | Err(_)) {
+                // Counted (a stored event is not): what the previous owner died inside of,
+                // if anything, is accounted for.
+                counted = true;
                 window.previous_died = false;
             }
             match attempt {
@@ -483,6 +504,10 @@ impl Engine {
                     retry_count += 1;
                 }
                 Ok(settled) => {
+                    if !matches!(settled, Disposition::AlreadyConsumed) {
+                        window.uncertain = false;
+                    }
+                    progress.settled(message, &settled);
                     if !checked_ahead {
                         // Off the hot path: a retried or counted message.
                         let checksum = Self::dedup_key(handler, message);
@@ -493,19 +518,10 @@ impl Engine {
                             ahead.add_stored(&message.topic, &checksum);
                         }
                         if counted {
-                            let key = crate::store::DedupKey {
-                                topic: &message.topic,
-                                group_id: &origin.group_id,
-                                checksum: &checksum,
-                            };
-                            self.store_step(progress, || self.store.clear_attempts(key))
-                                .await?;
+                            self.forget_count(&message.topic, &origin.group_id, &checksum)
+                                .await;
                         }
                     }
-                    if !matches!(settled, Disposition::AlreadyConsumed) {
-                        window.uncertain = false;
-                    }
-                    progress.settled(message, &settled);
                     return Ok(Some(settled));
                 }
                 Err(error) => {
@@ -514,6 +530,20 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes the count of a settled message: one try, best effort. The message is settled
+    /// whatever happens here; a count left behind only makes a later redelivery of it (after
+    /// a skip or a failure) start higher.
+    async fn forget_count(&self, topic: &str, group_id: &str, checksum: &str) {
+        let key = crate::store::DedupKey {
+            topic,
+            group_id,
+            checksum,
+        };
+        if let Err(error) = self.store.clear_attempts(key).await {
+            tracing::warn!(target: "checkpoint", %error, topic, checksum, "the count of a settled message was not deleted");
         }
     }
 

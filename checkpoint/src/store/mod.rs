@@ -26,7 +26,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
-pub use self::queries::{MAX_TEXT_LEN, check_text};
+pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
 pub(crate) use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
@@ -400,13 +400,14 @@ impl Store {
         Ok(PooledConn { inner })
     }
 
-    /// Closes every idle pooled connection; new ones are opened on demand. After a lost
+    /// Closes every idle pooled connection of a server database; new ones are opened on demand. After a lost
     /// connection the others are likely dead too (a server restart, a network cut, killed
     /// sessions), and a MySQL connection killed on the server is not noticed by the pool
     /// itself, which would hand it out again and again.
     pub fn drop_idle_connections(&self) {
         match &self.pools {
-            Pools::Sqlite(p) => drop(p.retain(|_, _| false)),
+            // No connection to lose, and `sqlite::memory:`'s one connection is the database.
+            Pools::Sqlite(_) => {}
             Pools::Postgres(p) => drop(p.retain(|_, _| false)),
             Pools::Mysql(p) => drop(p.retain(|_, _| false)),
         }

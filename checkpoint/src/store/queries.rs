@@ -16,6 +16,36 @@ use super::schema::{
 };
 use super::{Conn, Store, StoreError, StoreResult, dispatch};
 
+/// `INSERT … ON CONFLICT DO NOTHING` of `$values` into `$table` (`INSERT IGNORE` on MySQL;
+/// what IGNORE would otherwise hide, truncation, is ruled out by validation and strict mode);
+/// the number of rows inserted.
+macro_rules! insert_ignoring {
+    ($conn:expr, $table:expr, $values:expr) => {
+        match $conn {
+            Conn::Postgres(c) => {
+                diesel::insert_into($table)
+                    .values($values)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)
+                    .await
+            }
+            Conn::Sqlite(c) => {
+                diesel::insert_into($table)
+                    .values($values)
+                    .on_conflict_do_nothing()
+                    .execute(&mut **c)
+                    .await
+            }
+            Conn::Mysql(c) => {
+                diesel::insert_or_ignore_into($table)
+                    .values($values)
+                    .execute(&mut **c)
+                    .await
+            }
+        }
+    };
+}
+
 /// Longest value of the indexed text columns (topic, group_id, checksum, entity_id,
 /// event_type, event_version) on every backend.
 pub const MAX_TEXT_LEN: usize = 255;
@@ -32,8 +62,34 @@ pub fn check_text(field: &'static str, value: Option<&str>) -> StoreResult<()> {
             len: v.chars().count(),
             max: MAX_TEXT_LEN,
         }),
-        Some(v) if v.contains('\0') => Err(StoreError::FieldInvalid { field }),
+        Some(v) if v.contains('\0') => Err(StoreError::FieldInvalid {
+            field,
+            reason: "contains a NUL character",
+        }),
         _ => Ok(()),
+    }
+}
+
+/// Checks that `value` fits a checkpoint time column on every backend: the years 1000 to 9999
+/// (MySQL's DATETIME range).
+pub fn check_time(field: &'static str, value: Option<chrono::NaiveDateTime>) -> StoreResult<()> {
+    use chrono::Datelike as _;
+    match value {
+        Some(t) if !(1000..=9999).contains(&t.year()) => Err(StoreError::FieldInvalid {
+            field,
+            reason: "is outside the years 1000 to 9999",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Free text as every backend can hold it: a NUL (which PostgreSQL refuses in text) becomes
+/// U+FFFD. For error messages, which are told, not matched.
+fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -56,6 +112,7 @@ fn validate_texts(
 }
 
 pub(crate) fn validate_event(r: &NewEvent<'_>) -> StoreResult<()> {
+    check_time("event_time", r.event_time)?;
     validate_texts(
         r.topic,
         r.group_id,
@@ -67,6 +124,7 @@ pub(crate) fn validate_event(r: &NewEvent<'_>) -> StoreResult<()> {
 }
 
 fn validate_failure(r: &NewFailure<'_>) -> StoreResult<()> {
+    check_time("event_time", r.event_time)?;
     validate_texts(
         r.topic,
         r.group_id,
@@ -303,31 +361,9 @@ impl Conn<'_> {
     /// nothing, so two rows can never exist.
     pub async fn insert_event(&mut self, row: &NewEvent<'_>) -> StoreResult<bool> {
         validate_event(row)?;
-        let inserted = match self {
-            Conn::Postgres(c) => {
-                diesel::insert_into(ev::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute(&mut **c)
-                    .await
-            }
-            Conn::Sqlite(c) => {
-                diesel::insert_into(ev::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute(&mut **c)
-                    .await
-            }
-            // `ON DUPLICATE KEY UPDATE id = id` reports 1 for a duplicate under CLIENT_FOUND_ROWS;
-            // INSERT IGNORE reports 0. What IGNORE would otherwise hide (truncation) is ruled
-            // out by `validate_event` and strict mode.
-            Conn::Mysql(c) => {
-                diesel::insert_or_ignore_into(ev::table)
-                    .values(row)
-                    .execute(&mut **c)
-                    .await
-            }
-        };
+        // MySQL: `ON DUPLICATE KEY UPDATE id = id` would report 1 for a duplicate under
+        // CLIENT_FOUND_ROWS; INSERT IGNORE reports 0.
+        let inserted = insert_ignoring!(self, ev::table, row);
         inserted.map(|n| n > 0).map_err(|e| self.query_error(e))
     }
 
@@ -497,29 +533,16 @@ impl Conn<'_> {
     /// grow by `row.attempts` and it takes the new error and metadata. Returns the row id.
     pub async fn record_failure(&mut self, row: &NewFailure<'_>) -> StoreResult<i64> {
         validate_failure(row)?;
-        let inserted = match self {
-            Conn::Postgres(c) => {
-                diesel::insert_into(fl::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute(&mut **c)
-                    .await
-            }
-            Conn::Sqlite(c) => {
-                diesel::insert_into(fl::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute(&mut **c)
-                    .await
-            }
-            Conn::Mysql(c) => {
-                diesel::insert_or_ignore_into(fl::table)
-                    .values(row)
-                    .execute(&mut **c)
-                    .await
-            }
-        }
-        .map_err(|e| self.query_error(e))?;
+        let (class, message) = (
+            storable_text(row.error_class),
+            storable_text(row.error_message),
+        );
+        let row = &NewFailure {
+            error_class: &class,
+            error_message: &message,
+            ..*row
+        };
+        let inserted = insert_ignoring!(self, fl::table, row).map_err(|e| self.query_error(e))?;
         let same_key = fl::topic
             .eq(row.topic)
             .and(fl::group_id.eq(row.group_id))
@@ -541,6 +564,7 @@ impl Conn<'_> {
     }
 
     /// Adds one failed attempt and the new error to a stored failure; false if it is gone.
+    /// (Error text is free text: a NUL in it becomes U+FFFD.)
     pub async fn record_failed_retry(
         &mut self,
         id: i64,
@@ -550,8 +574,8 @@ impl Conn<'_> {
     ) -> StoreResult<bool> {
         let update = diesel::update(fl::table.find(id)).set((
             fl::attempts.eq(fl::attempts + 1),
-            fl::error_class.eq(error_class),
-            fl::error_message.eq(error_message),
+            fl::error_class.eq(storable_text(error_class)),
+            fl::error_message.eq(storable_text(error_message)),
             fl::error_backtrace.eq(error_backtrace),
         ));
         let result = dispatch!(self, c => update.execute(&mut **c).await);
@@ -610,12 +634,14 @@ impl Conn<'_> {
     /// Counts one more delivery of `key` that has not settled yet, durably (autocommitted), and
     /// returns how many are counted now: one more than before (plus `uncounted`, deliveries
     /// known to have happened without being counted, when `key` has no count yet), and at
-    /// least `at_least` (the attempts this process made itself). A partition has one owner at
-    /// a time, so the read-modify-write needs no lock; a lost race with a previous owner only
-    /// inserts once (the key is the primary key).
+    /// least `at_least` (the attempts this process made itself). `delivery` names this
+    /// delivery: counting the same one again changes nothing, so a retried statement or a
+    /// lost reply cannot count it twice. A partition has one owner at a time, so the
+    /// read-modify-write needs no lock.
     pub async fn count_attempt(
         &mut self,
         key: DedupKey<'_>,
+        delivery: &str,
         uncounted: u32,
         at_least: u32,
     ) -> StoreResult<u32> {
@@ -623,17 +649,27 @@ impl Conn<'_> {
             .filter(at::topic.eq(key.topic))
             .filter(at::group_id.eq(key.group_id))
             .filter(at::checksum.eq(key.checksum));
-        let read =
-            dispatch!(self, c => this.select(at::attempts).first::<i32>(&mut **c).await.optional());
+        let read = dispatch!(self, c => this
+            .select((at::attempts, at::last_delivery))
+            .first::<(i32, String)>(&mut **c)
+            .await
+            .optional());
         let before = read.map_err(|e| self.query_error(e))?;
-        let counted = before
-            .map_or(uncounted, |n| u32::try_from(n).unwrap_or(0))
-            .saturating_add(1)
-            .max(at_least);
+        let counted = match &before {
+            Some((n, last)) if last == delivery => return Ok(u32::try_from(*n).unwrap_or(0)),
+            Some((n, _)) => u32::try_from(*n).unwrap_or(0),
+            None => uncounted,
+        }
+        .saturating_add(1)
+        .max(at_least);
         let stored = i32::try_from(counted).unwrap_or(i32::MAX);
         let now = chrono::Utc::now().naive_utc();
         let written = if before.is_some() {
-            let bump = diesel::update(this).set((at::attempts.eq(stored), at::updated_at.eq(now)));
+            let bump = diesel::update(this).set((
+                at::attempts.eq(stored),
+                at::last_delivery.eq(delivery),
+                at::updated_at.eq(now),
+            ));
             dispatch!(self, c => bump.execute(&mut **c).await)
         } else {
             let first = (
@@ -641,37 +677,18 @@ impl Conn<'_> {
                 at::group_id.eq(key.group_id),
                 at::checksum.eq(key.checksum),
                 at::attempts.eq(stored),
+                at::last_delivery.eq(delivery),
                 at::updated_at.eq(now),
             );
-            match self {
-                Conn::Postgres(c) => {
-                    diesel::insert_into(at::table)
-                        .values(first)
-                        .on_conflict_do_nothing()
-                        .execute(&mut **c)
-                        .await
-                }
-                Conn::Sqlite(c) => {
-                    diesel::insert_into(at::table)
-                        .values(first)
-                        .on_conflict_do_nothing()
-                        .execute(&mut **c)
-                        .await
-                }
-                Conn::Mysql(c) => {
-                    diesel::insert_or_ignore_into(at::table)
-                        .values(first)
-                        .execute(&mut **c)
-                        .await
-                }
-            }
+            insert_ignoring!(self, at::table, first)
         };
         written.map_err(|e| self.query_error(e))?;
         Ok(counted)
     }
 
     /// Records `owner` as the owner of a partition's stream; true when a previous owner's row
-    /// was still there (it did not let the partition go cleanly).
+    /// was still there (it did not let the partition go cleanly). Two claimants racing both
+    /// succeed; the later one's row stays.
     pub async fn claim_partition(
         &mut self,
         topic: &str,
@@ -679,16 +696,7 @@ impl Conn<'_> {
         partition: i32,
         owner: &str,
     ) -> StoreResult<bool> {
-        let this = ow::table
-            .filter(ow::topic.eq(topic))
-            .filter(ow::group_id.eq(group_id))
-            .filter(ow::partition.eq(partition));
         let now = chrono::Utc::now().naive_utc();
-        let taken = diesel::update(this).set((ow::owner.eq(owner), ow::since.eq(now)));
-        let updated = dispatch!(self, c => taken.execute(&mut **c).await);
-        if updated.map_err(|e| self.query_error(e))? > 0 {
-            return Ok(true);
-        }
         let row = (
             ow::topic.eq(topic),
             ow::group_id.eq(group_id),
@@ -696,8 +704,17 @@ impl Conn<'_> {
             ow::owner.eq(owner),
             ow::since.eq(now),
         );
-        let inserted = dispatch!(self, c => diesel::insert_into(ow::table).values(row).execute(&mut **c).await);
-        inserted.map(|_| false).map_err(|e| self.query_error(e))
+        let inserted = insert_ignoring!(self, ow::table, row);
+        if inserted.map_err(|e| self.query_error(e))? > 0 {
+            return Ok(false);
+        }
+        let this = ow::table
+            .filter(ow::topic.eq(topic))
+            .filter(ow::group_id.eq(group_id))
+            .filter(ow::partition.eq(partition));
+        let taken = diesel::update(this).set((ow::owner.eq(owner), ow::since.eq(now)));
+        let updated = dispatch!(self, c => taken.execute(&mut **c).await);
+        updated.map(|_| true).map_err(|e| self.query_error(e))
     }
 
     /// Deletes `owner`'s row of a partition (it lets the partition go cleanly); a row another
@@ -739,13 +756,14 @@ impl Store {
     pub async fn count_attempt(
         &self,
         key: DedupKey<'_>,
+        delivery: &str,
         uncounted: u32,
         at_least: u32,
     ) -> StoreResult<u32> {
         self.conn()
             .await?
             .conn()
-            .count_attempt(key, uncounted, at_least)
+            .count_attempt(key, delivery, uncounted, at_least)
             .await
     }
 

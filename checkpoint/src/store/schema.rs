@@ -57,6 +57,7 @@ diesel::table! {
         group_id -> Text,
         checksum -> Text,
         attempts -> Integer,
+        last_delivery -> Text,
         updated_at -> Timestamp,
     }
 }

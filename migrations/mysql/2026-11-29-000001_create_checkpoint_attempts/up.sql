@@ -9,6 +9,9 @@ CREATE TABLE checkpoint_attempts (
     group_id   VARCHAR(255) NOT NULL,
     checksum   VARCHAR(255) NOT NULL,
     attempts   INT          NOT NULL,
+    -- The delivery the count was last raised for: raising it again for the same delivery (a
+    -- retried statement, a lost reply) changes nothing.
+    last_delivery VARCHAR(255) NOT NULL DEFAULT '',
     updated_at DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     PRIMARY KEY (topic, group_id, checksum)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin ROW_FORMAT = DYNAMIC;

@@ -9,6 +9,9 @@ CREATE TABLE checkpoint_attempts (
     group_id   VARCHAR(255) NOT NULL,
     checksum   VARCHAR(255) NOT NULL,
     attempts   INTEGER      NOT NULL,
+    -- The delivery the count was last raised for: raising it again for the same delivery (a
+    -- retried statement, a lost reply) changes nothing.
+    last_delivery VARCHAR(255) NOT NULL DEFAULT '',
     updated_at TIMESTAMP    NOT NULL DEFAULT (now() AT TIME ZONE 'utc'),
     PRIMARY KEY (topic, group_id, checksum)
 );

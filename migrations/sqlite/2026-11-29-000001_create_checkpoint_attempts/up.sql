@@ -9,6 +9,9 @@ CREATE TABLE checkpoint_attempts (
     group_id   TEXT    NOT NULL,
     checksum   TEXT    NOT NULL,
     attempts   INTEGER NOT NULL,
+    -- The delivery the count was last raised for: raising it again for the same delivery (a
+    -- retried statement, a lost reply) changes nothing.
+    last_delivery TEXT    NOT NULL DEFAULT '',
     updated_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     PRIMARY KEY (topic, group_id, checksum)
 );
