@@ -443,7 +443,53 @@ async fn a_non_utf8_header_name_is_kept_and_does_not_kill_the_listener(db: TestD
     db.cleanup().await;
 }
 
+// A rebalance is not a crash: the next owner of a partition must not count its first message
+// as a delivery that died (with max_retries = 0 that would fail a healthy message).
+
+async fn a_rebalance_is_not_taken_for_a_dead_owner(db: TestDb) {
+    let cluster = Cluster::new(TOPIC, 1);
+    cluster.produce(TOPIC, &orders(10)).await;
+    let handler = Arc::new(Orders::new(|id, _| ack(id)).max_retries(Some(0)));
+    let mut first = Running::start(&cluster, handler.clone(), 1, db.store.clone());
+    first.wait_for(&db, &cluster, 0, 10).await;
+    // The first listener is idle; a second one joins and the partition is handed out again.
+    let second = Running::start(&cluster, handler.clone(), 1, db.store.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let more: Vec<Produced> = (10..20)
+        .map(|n| (0, format!("key-{n}"), order(n)))
+        .collect();
+    cluster.produce(TOPIC, &more).await;
+    let failures = first.wait_for(&db, &cluster, 0, 20).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    second.stop().await;
+    first.stop().await;
+    db.cleanup().await;
+}
+
+// Error text is free text: a NUL in it (which PostgreSQL text refuses) must not keep the
+// failure row out of the database.
+
+async fn an_error_message_with_a_nul_is_still_recorded(db: TestDb) {
+    let engine = Engine::new(db.store.clone());
+    let handler =
+        Orders::new(|_, _| Err(HandlerError::msg("refused: \0 in the payload").into_permanent()));
+    let message = Message::new(TOPIC, 0, 7, order(7));
+    let disposition = engine
+        .process(&handler, &message, &Origin::new(GROUP), 0)
+        .await
+        .expect("settled");
+    assert!(
+        matches!(disposition, Disposition::Failed { .. }),
+        "{disposition:?}"
+    );
+    let [failure] = failure_rows(&db).await.try_into().expect("one failure row");
+    assert_eq!(failure.error_message, "refused: \u{FFFD} in the payload");
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    a_rebalance_is_not_taken_for_a_dead_owner,
+    an_error_message_with_a_nul_is_still_recorded,
     a_panicking_handler_becomes_a_failure_and_the_partition_moves_on,
     a_panicking_handler_in_a_batch_becomes_a_failure_and_the_partition_moves_on,
     an_overlong_entity_id_in_an_ack_becomes_a_failure_in_batch_mode,

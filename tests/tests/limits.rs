@@ -217,7 +217,69 @@ async fn a_store_error_that_waiting_cannot_fix_stops_the_listener(db: TestDb) {
     db.cleanup().await;
 }
 
+/// Fails the order `{"stuck": true}` forever; acks the others.
+struct Stuck;
+
+impl Handler for Stuck {
+    fn name(&self) -> &str {
+        "stuck"
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        _ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+        Box::pin(async move {
+            if message.payload.starts_with(br#"{"stuck": true}"#) {
+                return Err(HandlerError::msg("downstream refuses this order"));
+            }
+            Ok(Outcome::ack(
+                format!("offset-{}", message.offset),
+                Utc::now(),
+            ))
+        })
+    }
+}
+
+async fn a_partition_stuck_behind_a_failing_message_holds_only_its_share(db: TestDb) {
+    const SIZE: usize = 50 * 1024;
+    let (topic, group) = ("orders", "shared");
+    let cluster = Cluster::new(topic, 2);
+    let padded = |head: String| {
+        let mut payload = head.into_bytes();
+        payload.resize(SIZE, b' ');
+        payload
+    };
+    // Partition 0 first: its stuck order, and a backlog behind it larger than the budget.
+    let mut stuck = vec![(
+        0,
+        "stuck".to_owned(),
+        padded(r#"{"stuck": true}"#.to_owned()),
+    )];
+    stuck.extend((0..20).map(|i| (0, format!("a{i}"), padded(format!(r#"{{"a": {i}}}"#)))));
+    cluster.produce(topic, &stuck).await;
+    let mut listener_spec =
+        spec(&cluster, Arc::new(Stuck), topic, group).max_queued_bytes(400 * 1024);
+    listener_spec.max_concurrency = 2;
+    let (stop, task) = start(Listener::new(listener_spec, Engine::new(db.store.clone())));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let others: Vec<_> = (0..20)
+        .map(|i| (1, format!("b{i}"), padded(format!(r#"{{"b": {i}}}"#))))
+        .collect();
+    cluster.produce(topic, &others).await;
+    // Partition 0 retries its first message forever; partition 1 must not wait for it.
+    wait_until(PATIENCE, "every order of the other partition", || async {
+        db.event_count().await == 20
+    })
+    .await;
+    stop.send(()).expect("stop");
+    task.await.expect("join").expect("listener");
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    a_partition_stuck_behind_a_failing_message_holds_only_its_share,
     a_hung_consume_is_cut_off_by_handler_timeout_and_retried,
     received_messages_stay_within_max_queued_bytes,
     a_store_error_that_waiting_cannot_fix_stops_the_listener,
