@@ -63,12 +63,15 @@ fn migrate_status_rollback_on_sqlite() {
         "{}",
         text(&out.stdout)
     );
-    let out = checkpoint(&[&["rollback"][..], &db].concat(), dir.path());
-    assert!(
-        text(&out.stdout).starts_with("reverted "),
-        "{}",
-        text(&out.stdout)
-    );
+    // Two migrations on SQLite: the newest is reverted first.
+    for _ in 0..2 {
+        let out = checkpoint(&[&["rollback"][..], &db].concat(), dir.path());
+        assert!(
+            text(&out.stdout).starts_with("reverted "),
+            "{}",
+            text(&out.stdout)
+        );
+    }
     let out = checkpoint(&[&["status"][..], &db].concat(), dir.path());
     assert!(
         text(&out.stdout).starts_with("pending  "),
@@ -182,7 +185,8 @@ fn init_twice_changes_nothing_the_second_time() {
             "create ./checkpoint.toml",
             "create ./.env.example",
             "create ./migrations/2026-11-27-000001_create_checkpoint_tables",
-            "create ./migrations/2026-11-28-000001_drop_group_id_index"
+            "create ./migrations/2026-11-28-000001_drop_group_id_index",
+            "create ./migrations/2026-11-29-000001_create_checkpoint_attempts"
         ]
     );
     let config = std::fs::read_to_string(dir.path().join("checkpoint.toml")).expect("config");
@@ -205,7 +209,8 @@ fn init_twice_changes_nothing_the_second_time() {
             "identical ./checkpoint.toml",
             "exists ./.env.example",
             "identical ./migrations/2026-11-27-000001_create_checkpoint_tables",
-            "identical ./migrations/2026-11-28-000001_drop_group_id_index"
+            "identical ./migrations/2026-11-28-000001_drop_group_id_index",
+            "identical ./migrations/2026-11-29-000001_create_checkpoint_attempts"
         ]
     );
     assert_eq!(
@@ -230,17 +235,26 @@ fn copy_migrations_skips_existing_and_migration_names_are_snake_case() {
     let first = checkpoint(&["copy-migrations", "--backend", "mysql"], dir.path());
     assert_eq!(
         lines(&first),
-        ["create migrations/2026-11-27-000001_create_checkpoint_tables"]
+        [
+            "create migrations/2026-11-27-000001_create_checkpoint_tables",
+            "create migrations/2026-11-29-000001_create_checkpoint_attempts"
+        ]
     );
     let again = checkpoint(&["copy-migrations", "--backend", "mysql"], dir.path());
     assert_eq!(
         lines(&again),
-        ["identical migrations/2026-11-27-000001_create_checkpoint_tables"]
+        [
+            "identical migrations/2026-11-27-000001_create_checkpoint_tables",
+            "identical migrations/2026-11-29-000001_create_checkpoint_attempts"
+        ]
     );
     let other = checkpoint(&["copy-migrations", "--backend", "sqlite"], dir.path());
     assert_eq!(
         lines(&other),
-        ["exists migrations/2026-11-27-000001_create_checkpoint_tables"],
+        [
+            "exists migrations/2026-11-27-000001_create_checkpoint_tables",
+            "exists migrations/2026-11-29-000001_create_checkpoint_attempts"
+        ],
         "a different migration is left alone"
     );
     let created = checkpoint(&["migration", "add-new-column-"], dir.path());
@@ -303,9 +317,13 @@ fn migrate_on_server(
     let run = |cmd: &str| checkpoint(&[cmd, "--database", &url], dir.path());
     let migrated = run("migrate");
     let expected: &[&str] = if admin.starts_with("postgres") {
-        &["applied 20261127000001", "applied 20261128000001"]
+        &[
+            "applied 20261127000001",
+            "applied 20261128000001",
+            "applied 20261129000001",
+        ]
     } else {
-        &["applied 20261127000001"]
+        &["applied 20261127000001", "applied 20261129000001"]
     };
     assert_eq!(lines(&migrated), expected, "{}", text(&migrated.stderr));
     assert_eq!(lines(&run("migrate")), ["up to date"]);
