@@ -722,7 +722,10 @@ impl Drop for Ended {
 }
 
 impl Drop for PartitionWorker {
-    /// A listener dropped mid-stream (a crash) takes its workers with it.
+    /// Only when the caller drops `Listener::run`'s future mid-stream (its own cancellation,
+    /// a crash of this listener) are its workers cancelled with it. Every path inside the
+    /// listener — a partition assigned again, shutdown past its timeout — detaches a worker
+    /// instead, so user code is never cancelled by the listener itself.
     fn drop(&mut self) {
         if !self.detached {
             self.task.abort();

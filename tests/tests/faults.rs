@@ -45,6 +45,14 @@ fn orders(count: usize) -> Vec<Produced> {
         .collect()
 }
 
+/// The one failure row a test expects.
+fn the_only(failures: &[Failure]) -> &Failure {
+    match failures {
+        [failure] => failure,
+        _ => panic!("one failure row expected: {failures:?}"),
+    }
+}
+
 fn ack(id: &str) -> Result<Outcome, HandlerError> {
     Ok(Outcome::ack(id, Utc::now()))
 }
@@ -272,9 +280,7 @@ async fn a_panic_becomes_a_failure(db: TestDb, batch_size: usize) {
     let failures = listener.wait_for(&db, &cluster, 1, 29).await;
     listener.stop().await;
 
-    let [failure] = failures.as_slice() else {
-        panic!("one failure row expected: {failures:?}");
-    };
+    let failure = the_only(&failures);
     assert_eq!(failure.offset, 7);
     assert_eq!(failure.error_class, "panic");
     assert!(
@@ -310,9 +316,7 @@ async fn an_overlong_entity_id_in_an_ack_becomes_a_failure_in_batch_mode(db: Tes
     let failures = listener.wait_for(&db, &cluster, 1, 19).await;
     listener.stop().await;
 
-    let [failure] = failures.as_slice() else {
-        panic!("one failure row expected: {failures:?}");
-    };
+    let failure = the_only(&failures);
     assert_eq!(failure.offset, 3);
     assert!(
         failure.error_message.contains("entity_id"),
@@ -339,9 +343,7 @@ async fn a_failing_message_with_an_overlong_extracted_entity_id_becomes_a_failur
     let failures = listener.wait_for(&db, &cluster, 1, 9).await;
     listener.stop().await;
 
-    let [failure] = failures.as_slice() else {
-        panic!("one failure row expected: {failures:?}");
-    };
+    let failure = the_only(&failures);
     assert_eq!(failure.offset, 3);
     assert!(
         failure.error_message.starts_with("order-3 is refused")
@@ -431,9 +433,7 @@ async fn a_non_utf8_header_name_is_kept_and_does_not_kill_the_listener(db: TestD
     let failures = listener.wait_for(&db, &cluster, 1, 2).await;
     listener.stop().await;
 
-    let [failure] = failures.as_slice() else {
-        panic!("one failure row expected: {failures:?}");
-    };
+    let failure = the_only(&failures);
     assert_eq!(failure.offset, 1);
     assert!(
         failure.metadata.contains("kept-value"),
