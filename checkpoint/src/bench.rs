@@ -16,9 +16,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::brokers::Brokers as Kafka;
+pub use crate::brokers::{BrokerError, serve_broker};
 use crate::engine::Engine;
 use crate::handler::{Context, Handler, HandlerError, Outcome};
 use crate::listener::{Listener, ListenerSpec, ListenerStats};
@@ -358,140 +359,17 @@ fn effects_ddl(backend: Backend) -> &'static str {
     }
 }
 
-/// Kafka for one run: the mock cluster (kept alive here or in a child process) or external
-/// brokers.
-struct Kafka {
-    _cluster: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
-    _process: Option<BrokerProcess>,
-    servers: String,
-    label: String,
-    partitions: i32,
-}
-
-/// The child process of [`BenchOptions::broker_exe`]; killed when dropped.
-struct BrokerProcess(std::process::Child);
-
-impl BrokerProcess {
-    /// Starts `exe bench-broker` and reads the bootstrap servers it prints.
-    fn start(
-        exe: &std::path::Path,
-        topic: &str,
-        partitions: i32,
-    ) -> Result<(Self, String), BenchError> {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let child = Command::new(exe)
-            .args(["bench-broker", "--topic", topic, "--partitions"])
-            .arg(partitions.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                kafka_err(format!(
-                    "cannot start the broker process {}: {e}",
-                    exe.display()
-                ))
-            })?;
-        let mut process = Self(child);
-        let mut line = String::new();
-        if let Some(stdout) = process.0.stdout.take() {
-            std::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .map_err(kafka_err)?;
-        }
-        let servers = line.trim().to_owned();
-        if servers.is_empty() {
-            return Err(kafka_err(
-                "the broker process exited without a bootstrap address",
-            ));
-        }
-        Ok((process, servers))
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The child side of [`BenchOptions::broker_exe`]: runs a mock cluster holding `topic` with
-/// `partitions` partitions, prints its bootstrap servers on one line of stdout, and serves
-/// until stdin closes (the parent exited or stopped it).
-pub fn serve_broker(topic: &str, partitions: i32) -> Result<(), BenchError> {
-    use std::io::{Read, Write};
-    let cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext> =
-        MockCluster::new(1).map_err(kafka_err)?;
-    cluster
-        .create_topic(topic, partitions, 1)
-        .map_err(kafka_err)?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", cluster.bootstrap_servers()).map_err(kafka_err)?;
-    stdout.flush().map_err(kafka_err)?;
-    let mut rest = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut rest);
-    Ok(())
-}
-
 fn kafka_err(error: impl std::fmt::Display) -> BenchError {
     BenchError::Kafka(error.to_string())
 }
 
-impl Kafka {
-    async fn start(options: &BenchOptions, topic: &str) -> Result<Self, BenchError> {
-        let partitions = options.partitions;
-        match (options.brokers.as_deref(), options.broker_exe.as_deref()) {
-            (None, Some(exe)) => {
-                let (process, servers) = BrokerProcess::start(exe, topic, partitions)?;
-                Ok(Self {
-                    _cluster: None,
-                    _process: Some(process),
-                    servers,
-                    label: "mock cluster (librdkafka) in a child process".into(),
-                    partitions,
-                })
-            }
-            (None, None) => {
-                let cluster = MockCluster::new(1).map_err(kafka_err)?;
-                cluster
-                    .create_topic(topic, partitions, 1)
-                    .map_err(kafka_err)?;
-                Ok(Self {
-                    servers: cluster.bootstrap_servers(),
-                    _cluster: Some(cluster),
-                    _process: None,
-                    label: "embedded mock cluster (librdkafka)".into(),
-                    partitions,
-                })
-            }
-            (Some(servers), _) => {
-                use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-                let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", servers)
-                    .create()
-                    .map_err(kafka_err)?;
-                let created = admin
-                    .create_topics(
-                        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-                    )
-                    .await
-                    .map_err(kafka_err)?;
-                for result in created {
-                    result.map_err(|(name, code)| kafka_err(format!("create {name}: {code}")))?;
-                }
-                Ok(Self {
-                    _cluster: None,
-                    _process: None,
-                    servers: servers.to_owned(),
-                    label: servers.to_owned(),
-                    partitions,
-                })
-            }
-        }
+impl From<BrokerError> for BenchError {
+    fn from(error: BrokerError) -> Self {
+        BenchError::Kafka(error.to_string())
     }
+}
 
+impl Kafka {
     /// A consumer of `topic` in `group`, from the start.
     fn subscribe(&self, topic: &str, group: &str) -> Result<StreamConsumer, BenchError> {
         let consumer: StreamConsumer = self.consumer_config(group).create().map_err(kafka_err)?;
@@ -813,7 +691,13 @@ async fn measure(
     let topic = format!("checkpoint-bench-{run_id}");
     let needs_kafka = modes.iter().any(|m| *m != Mode::DbCeiling);
     let kafka = if needs_kafka {
-        let kafka = Kafka::start(options, &topic).await?;
+        let kafka = Kafka::start(
+            options.brokers.as_deref(),
+            options.broker_exe.as_deref(),
+            &topic,
+            options.partitions,
+        )
+        .await?;
         let bar = bar(options.progress, expected, "produce");
         produce(&kafka, &topic, run_id, n, &bar).await?;
         bar.finish_and_clear();
