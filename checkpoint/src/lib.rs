@@ -53,8 +53,12 @@ extern crate self as checkpoint;
 pub mod api;
 pub mod app;
 pub mod bench;
+mod brokers;
+#[cfg(feature = "test-util")]
+pub mod chaos;
 pub mod cli;
 pub mod config;
+mod crash;
 pub mod demo;
 pub mod engine;
 pub mod error;
@@ -63,6 +67,8 @@ pub mod instrument;
 pub mod listener;
 pub mod message;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]

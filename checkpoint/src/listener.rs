@@ -46,6 +46,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{DEFAULT_MAX_QUEUED_BYTES, DEFAULT_REVOKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::crash::{self, CrashPoint};
 use crate::engine::{
     Backoff, Disposition, Engine, EngineError, Policy, Progress, Session, WaitCause,
 };
@@ -548,6 +549,7 @@ impl ConsumerContext for ListenerContext {
             // the next owner starts right after it.
             self.assignment
                 .revoke(partitions, self.revoke_timeout, &self.listener_id);
+            crash::reach(CrashPoint::Rebalance);
             commit_stored(consumer, &self.listener_id, "revoke");
         }
     }
@@ -1306,6 +1308,7 @@ impl Progress for WorkerProgress<'_> {
     /// dedups it.
     fn settled(&self, message: &Message, disposition: &Disposition) {
         self.shared.stats.count(disposition);
+        crash::reach(CrashPoint::AfterCommit);
         if let Err(error) =
             self.shared
                 .consumer

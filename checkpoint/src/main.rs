@@ -7,7 +7,7 @@ use checkpoint::config::{Config, DEFAULT_PATH};
 use checkpoint::demo::{self, DemoOptions};
 use checkpoint::error::Backend;
 use checkpoint::store::Store;
-use checkpoint::{bench, cli};
+use checkpoint::{bench, chaos, cli};
 use clap::{Parser, Subcommand};
 
 /// Exactly-once Kafka event handlers, checkpointed in your own database.
@@ -78,6 +78,40 @@ enum Command {
         /// Its partitions.
         #[arg(long)]
         partitions: i32,
+    },
+    /// Crash-test the checkpoint: kill a consumer process with SIGKILL at random crash points
+    /// (before, inside and after `consume`, after the checkpoint commit, during a rebalance),
+    /// then count the demo handler's side effects: duplicates and losses per mode.
+    Chaos {
+        /// Kills per mode and database.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Modes, comma-separated: per-message, transactional, batch (default: all).
+        #[arg(long = "mode", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Database to run on (repeatable; migrated first). Default: a SQLite file in the
+        /// temp dir.
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Messages per mode and database.
+        #[arg(long, default_value_t = 2_000)]
+        messages: usize,
+        /// Seed of the crash points.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// External Kafka bootstrap servers instead of the mock cluster.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The consumer process `checkpoint chaos` starts and kills.
+    #[command(hide = true)]
+    ChaosConsumer {
+        /// per-message, transactional or batch.
+        #[arg(long)]
+        mode: String,
     },
     /// Serve the HTTP API over a checkpoint database. Retries answer 409 here: no handler runs
     /// in this process (run the API inside your application for that).
@@ -253,6 +287,52 @@ async fn run(cli: Cli) -> Result<(), String> {
                 print!("{}", bench::render(&report));
             }
             Ok(())
+        }
+        Command::Chaos {
+            kills,
+            modes,
+            databases,
+            messages,
+            seed,
+            brokers,
+            json,
+        } => {
+            let modes = if modes.is_empty() {
+                chaos::ChaosMode::ALL.to_vec()
+            } else {
+                modes
+                    .iter()
+                    .map(|m| m.parse())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| one_line(&e))?
+            };
+            let databases = if databases.is_empty() {
+                let file = std::env::temp_dir().join("checkpoint-chaos.db");
+                vec![format!("sqlite://{}", file.display())]
+            } else {
+                databases
+            };
+            let options = chaos::ChaosOptions {
+                kills,
+                modes,
+                databases,
+                messages,
+                seed,
+                brokers,
+                consumer_exe: std::env::current_exe().map_err(|e| e.to_string())?,
+            };
+            let rows = chaos::run(&options).await.map_err(|e| one_line(&e))?;
+            if json {
+                let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+                println!("{text}");
+            } else {
+                print!("{}", chaos::render(&rows));
+            }
+            Ok(())
+        }
+        Command::ChaosConsumer { mode } => {
+            let mode = mode.parse().map_err(|e| one_line(&e))?;
+            chaos::consume(mode).await.map_err(|e| one_line(&e))
         }
         Command::Init {
             dir,

@@ -11,6 +11,7 @@ use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::Backoff;
+use crate::crash::{self, CrashPoint};
 use crate::handler::{Ack, Context, Handler, HandlerError, Outcome, default_retry_decision};
 use crate::message::{Header, Message, Metadata, Origin, checksum};
 use crate::store::{Conn, DedupKey, NewEvent, NewFailure, StoreError, check_text, check_time};
@@ -139,9 +140,12 @@ impl<'a> Attempt<'a> {
     /// Calls `consume`, with the open transaction in transactional mode, catching a panic and
     /// bounding it by `handler_timeout`.
     pub(super) async fn consume(&self, conn: Option<Conn<'_>>) -> Called {
+        crash::reach(CrashPoint::BeforeConsume);
         let mut ctx = Context::new(&self.metadata, conn);
-        let call = AssertUnwindSafe(async { self.handler.consume(self.message, &mut ctx).await })
-            .catch_unwind();
+        let call = AssertUnwindSafe(async {
+            crash::inside(self.handler.consume(self.message, &mut ctx)).await
+        })
+        .catch_unwind();
         let caught = match self.policy.handler_timeout {
             None => call.await,
             Some(limit) => match tokio::time::timeout(limit, call).await {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::attempt::{AckFields, Attempt};
 use super::session::Progress;
 use super::{Disposition, Engine, EngineError};
+use crate::crash::{self, CrashPoint};
 use crate::handler::{HandlerError, Outcome};
 use crate::instrument::Notification;
 use crate::store::NewFailure;
@@ -109,6 +110,7 @@ impl Engine {
     ) -> Result<Disposition, EngineError> {
         let error = match verdict {
             Verdict::Ack(fields) => {
+                crash::reach(CrashPoint::AfterConsume);
                 let started = Instant::now();
                 let Some(inserted) = rows.ack(self, attempt, &fields, progress).await? else {
                     // Stored, and notified, with its batch.

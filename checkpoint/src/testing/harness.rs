@@ -1,0 +1,709 @@
+//! The harness half: produces the messages, starts consumer processes armed at random crash
+//! points until they have died the asked number of times, lets an unarmed consumer finish,
+//! then counts the side effects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::env;
+use crate::brokers::Brokers;
+use crate::crash::CrashPoint;
+use crate::listener::{ListenerError, committed_offsets};
+use crate::store::{ListQuery, Store, StoreError};
+
+/// How long one armed consumer may run before the harness stops it without a kill.
+const ROUND_LIMIT: Duration = Duration::from_secs(90);
+/// How long the last, unarmed consumer may take to finish the stream.
+const FINISH_LIMIT: Duration = Duration::from_secs(240);
+/// How long a consumer may take to exit after SIGTERM.
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+/// How often the harness looks at the processes.
+const TICK: Duration = Duration::from_millis(100);
+/// How often it asks Kafka for the committed offsets.
+const COMMITS_EVERY: Duration = Duration::from_millis(500);
+
+/// Why the harness could not run, or could not finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChaosError {
+    /// An environment variable of the harness's protocol is missing or unreadable.
+    #[error("{var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The harness was asked for something it cannot do.
+    #[error("invalid chaos run: {0}")]
+    Invalid(String),
+    /// The checkpoint database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The brokers failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The consumer's listener stopped with an error (consumer side).
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// A consumer process could not be started or watched.
+    #[error("consumer process: {0}")]
+    Process(#[from] std::io::Error),
+    /// A consumer process ended other than at its crash point or by the harness's SIGTERM:
+    /// the handler or the listener failed under the crash test.
+    #[error("a consumer process ended unexpectedly ({status}) in round {round}")]
+    ConsumerFailed {
+        /// The round (0 for the last, unarmed consumer).
+        round: usize,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The last consumer did not commit every offset in time.
+    #[error("the stream was not finished after {waited:?}: committed {committed:?} of {ends:?}")]
+    Unfinished {
+        /// How long the harness waited.
+        waited: Duration,
+        /// Committed offsets per partition.
+        committed: Vec<Option<i64>>,
+        /// Where each partition ends.
+        ends: Vec<i64>,
+    },
+    /// Reading the side effects failed.
+    #[error("reading the side effects: {0}")]
+    SideEffects(String),
+}
+
+impl From<crate::brokers::BrokerError> for ChaosError {
+    fn from(error: crate::brokers::BrokerError) -> Self {
+        ChaosError::Kafka(error.to_string())
+    }
+}
+
+/// One message of the workload, and the side effect its handling must leave exactly once.
+#[derive(Debug, Clone)]
+pub struct ChaosMessage {
+    key: String,
+    payload: Vec<u8>,
+    effect: String,
+}
+
+impl ChaosMessage {
+    /// A message with `key` and `payload`, whose handling applies `effect` (a value the
+    /// [`SideEffects`] listing shows once per application). Effects must be unique across
+    /// the workload; a message repeating another's payload would be a deliberate duplicate,
+    /// which is not what this harness measures.
+    pub fn new(
+        key: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+        effect: impl Into<String>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            payload: payload.into(),
+            effect: effect.into(),
+        }
+    }
+}
+
+type Listing = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync>;
+
+/// Where the harness reads which side effects happened: one entry per application.
+#[derive(Clone)]
+pub enum SideEffects {
+    /// Every row of `table`, by the value of `column`, read from the checkpoint database.
+    Table {
+        /// The table (optionally `schema.table`).
+        table: String,
+        /// The column holding the effect.
+        column: String,
+    },
+    /// Whatever the callback lists (for effects outside the database: a mock service, a file).
+    Callback(Listing),
+}
+
+impl std::fmt::Debug for SideEffects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SideEffects::Table { table, column } => f
+                .debug_struct("Table")
+                .field("table", table)
+                .field("column", column)
+                .finish(),
+            SideEffects::Callback(_) => f.write_str("Callback(..)"),
+        }
+    }
+}
+
+impl SideEffects {
+    /// The rows of `table`, by `column`. Both must be plain SQL identifiers (letters, digits,
+    /// `_`; the table may be `schema.table`): they are written into the query.
+    pub fn table(table: &str, column: &str) -> Result<Self, ChaosError> {
+        let plain = |name: &str| {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let table_ok = match table.split_once('.') {
+            Some((schema, name)) => plain(schema) && plain(name),
+            None => plain(table),
+        };
+        if !table_ok || !plain(column) {
+            return Err(ChaosError::Invalid(format!(
+                "side-effect table {table:?} and column {column:?} must be plain SQL identifiers"
+            )));
+        }
+        Ok(SideEffects::Table {
+            table: table.to_owned(),
+            column: column.to_owned(),
+        })
+    }
+
+    /// The effects `list` returns, one entry per application.
+    pub fn callback<F, Fut>(list: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<String>, String>> + Send + 'static,
+    {
+        SideEffects::Callback(Arc::new(move || Box::pin(list())))
+    }
+
+    async fn read(&self, store: &Store) -> Result<Vec<String>, ChaosError> {
+        match self {
+            SideEffects::Callback(list) => list().await.map_err(ChaosError::SideEffects),
+            SideEffects::Table { table, column } => {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    effect: String,
+                }
+                let text = match store.backend() {
+                    crate::store::Backend::Mysql => "CHAR",
+                    _ => "TEXT",
+                };
+                let sql = format!("SELECT CAST({column} AS {text}) AS effect FROM {table}");
+                let mut pooled = store.conn().await?;
+                let rows: Vec<Row> = pooled
+                    .conn()
+                    .load(diesel::sql_query(sql))
+                    .await
+                    .map_err(|e| ChaosError::SideEffects(e.to_string()))?;
+                Ok(rows.into_iter().map(|r| r.effect).collect())
+            }
+        }
+    }
+}
+
+/// What a chaos run found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChaosReport {
+    /// Messages produced.
+    pub messages: usize,
+    /// Kills by crash point.
+    pub kills: BTreeMap<CrashPoint, usize>,
+    /// Armed consumers that were stopped without reaching their point (the stream ran dry
+    /// first, or the round took too long).
+    pub rounds_without_kill: usize,
+    /// Effects that happened more than once, with how often they happened.
+    pub duplicates: BTreeMap<String, usize>,
+    /// Effects that never happened.
+    pub lost: Vec<String>,
+    /// Failure rows the checkpoint recorded for the run's topic and group (a message whose
+    /// consumer died inside it `max_retries + 1` times ends there by design).
+    pub failure_rows: i64,
+    /// The seed the crash points were drawn from.
+    pub seed: u64,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl ChaosReport {
+    /// Every kill.
+    pub fn total_kills(&self) -> usize {
+        self.kills.values().sum()
+    }
+
+    /// Applications beyond the first, over all duplicated effects.
+    pub fn extra_applications(&self) -> usize {
+        self.duplicates.values().map(|n| n - 1).sum()
+    }
+}
+
+impl std::fmt::Display for ChaosReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kills: Vec<String> = self
+            .kills
+            .iter()
+            .map(|(point, n)| format!("{point} {n}"))
+            .collect();
+        write!(
+            f,
+            "{} messages, {} kills ({}), {} rounds without a kill: {} effects duplicated \
+             ({} extra applications), {} lost, {} failure rows (seed {}, {:.1} s)",
+            self.messages,
+            self.total_kills(),
+            kills.join(", "),
+            self.rounds_without_kill,
+            self.duplicates.len(),
+            self.extra_applications(),
+            self.lost.len(),
+            self.failure_rows,
+            self.seed,
+            self.elapsed.as_secs_f64(),
+        )
+    }
+}
+
+/// A chaos run: see the [module documentation](super).
+pub struct Chaos {
+    database: String,
+    consumer: Box<dyn Fn() -> Command + Send + Sync>,
+    effects: SideEffects,
+    messages: Vec<ChaosMessage>,
+    kills: usize,
+    seed: u64,
+    points: Vec<CrashPoint>,
+    brokers: Option<String>,
+    topic: String,
+    group: String,
+    partitions: i32,
+}
+
+impl std::fmt::Debug for Chaos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chaos")
+            .field("effects", &self.effects)
+            .field("messages", &self.messages.len())
+            .field("kills", &self.kills)
+            .field("seed", &self.seed)
+            .field("points", &self.points)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Chaos {
+    /// A run against `database`, starting consumers with `consumer` (a fresh [`Command`] each
+    /// time; the harness adds the environment of [`super::env`]) and counting `effects`.
+    /// Defaults: 20 kills at every crash point, seed 1, 3 partitions, librdkafka's mock
+    /// cluster in this process, topic `chaos`, a group unique to the run.
+    pub fn new(
+        database: impl Into<String>,
+        consumer: impl Fn() -> Command + Send + Sync + 'static,
+        effects: SideEffects,
+    ) -> Self {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Self {
+            database: database.into(),
+            consumer: Box::new(consumer),
+            effects,
+            messages: Vec::new(),
+            kills: 20,
+            seed: 1,
+            points: CrashPoint::ALL.to_vec(),
+            brokers: None,
+            topic: "chaos".to_owned(),
+            group: format!("chaos-{stamp}-{}", std::process::id()),
+            partitions: 3,
+        }
+    }
+
+    /// The workload, produced round-robin over the partitions.
+    pub fn messages(mut self, messages: impl IntoIterator<Item = ChaosMessage>) -> Self {
+        self.messages.extend(messages);
+        self
+    }
+
+    /// How many times to kill the consumer.
+    pub fn kills(mut self, kills: usize) -> Self {
+        self.kills = kills;
+        self
+    }
+
+    /// The seed the crash points and their arrivals are drawn from.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Only these crash points.
+    pub fn points(mut self, points: impl IntoIterator<Item = CrashPoint>) -> Self {
+        self.points = points.into_iter().collect();
+        self
+    }
+
+    /// External brokers instead of the mock cluster (the topic is created there).
+    pub fn brokers(mut self, servers: impl Into<String>) -> Self {
+        self.brokers = Some(servers.into());
+        self
+    }
+
+    /// The topic (it should be new, or empty).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = topic.into();
+        self
+    }
+
+    /// The consumer group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Partitions of the topic.
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Runs it: produce, kill `kills` times, finish, count.
+    pub async fn run(self) -> Result<ChaosReport, ChaosError> {
+        let started = Instant::now();
+        if self.messages.is_empty() || self.points.is_empty() || self.partitions < 1 {
+            return Err(ChaosError::Invalid(
+                "it needs messages, crash points and at least one partition".to_owned(),
+            ));
+        }
+        let store = Store::connect(&self.database)?;
+        let brokers =
+            Brokers::start(self.brokers.as_deref(), None, &self.topic, self.partitions).await?;
+        let scratch = tempfile_dir()?;
+        let mut run = Run {
+            chaos: &self,
+            servers: &brokers.servers,
+            ends: vec![0; usize::try_from(self.partitions).unwrap_or(1)],
+            mark: scratch.join("crashed"),
+        };
+
+        // The workload is fed in slices, one per round and the last to the unarmed consumer,
+        // so that every armed consumer has fresh messages in flight when its point comes
+        // (the mock cluster's group joins take seconds, long enough to drain a whole stream).
+        // Arrivals are drawn from the first half of a slice.
+        let size = self.messages.len().div_ceil(self.kills + 1);
+        let mut slices = self.messages.chunks(size).zip((0..).step_by(size));
+        let most = u64::try_from(size / 2).unwrap_or(1).max(1);
+        let mut rng = fastrand::Rng::with_seed(self.seed);
+        let mut kills: BTreeMap<CrashPoint, usize> = BTreeMap::new();
+        let mut rounds_without_kill = 0;
+        let mut round = 0;
+        while kills.values().sum::<usize>() < self.kills && round < self.kills * 2 {
+            round += 1;
+            if let Some((slice, first)) = slices.next() {
+                run.feed(slice, first).await?;
+            } else if run.finished().await? {
+                break;
+            }
+            let point = self.points[rng.usize(..self.points.len())];
+            let at = if point == CrashPoint::Rebalance {
+                1
+            } else {
+                rng.u64(1..=most)
+            };
+            if run.round(round, point, at, &store).await? {
+                *kills.entry(point).or_default() += 1;
+            } else {
+                rounds_without_kill += 1;
+            }
+        }
+        for (slice, first) in slices {
+            run.feed(slice, first).await?;
+        }
+        run.finish().await?;
+
+        let applied = self.effects.read(&store).await?;
+        let mut counts: HashMap<&str, usize> = self
+            .messages
+            .iter()
+            .map(|m| (m.effect.as_str(), 0))
+            .collect();
+        for effect in &applied {
+            if let Some(n) = counts.get_mut(effect.as_str()) {
+                *n += 1;
+            }
+        }
+        let duplicates = counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(effect, n)| ((*effect).to_owned(), *n))
+            .collect();
+        let mut lost: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(effect, _)| (*effect).to_owned())
+            .collect();
+        lost.sort();
+        let failure_rows = store
+            .count_failures(&ListQuery {
+                topic: Some(self.topic.clone()),
+                group_id: Some(self.group.clone()),
+                ..ListQuery::default()
+            })
+            .await?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(ChaosReport {
+            messages: self.messages.len(),
+            kills,
+            rounds_without_kill,
+            duplicates,
+            lost,
+            failure_rows,
+            seed: self.seed,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// A scratch directory for the crash marks.
+fn tempfile_dir() -> Result<PathBuf, ChaosError> {
+    let dir = std::env::temp_dir().join(format!(
+        "checkpoint-chaos-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// One run's fixed parts.
+struct Run<'a> {
+    chaos: &'a Chaos,
+    servers: &'a str,
+    ends: Vec<i64>,
+    mark: PathBuf,
+}
+
+/// A consumer process the harness started; killed if still running when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Produces `slice` (which starts at message `first` of the workload) and learns where
+    /// each partition now ends.
+    async fn feed(&mut self, slice: &[ChaosMessage], first: usize) -> Result<(), ChaosError> {
+        produce(
+            self.servers,
+            &self.chaos.topic,
+            self.chaos.partitions,
+            slice,
+            first,
+        )
+        .await?;
+        self.ends = high_watermarks(self.servers, &self.chaos.topic, self.chaos.partitions).await?;
+        Ok(())
+    }
+
+    fn start(&self, crash: Option<(CrashPoint, u64)>) -> Result<Process, ChaosError> {
+        let mut command = (self.chaos.consumer)();
+        command
+            .env(env::BROKERS, self.servers)
+            .env(env::TOPIC, &self.chaos.topic)
+            .env(env::GROUP, &self.chaos.group)
+            .env(env::DATABASE, &self.chaos.database)
+            .env(env::MARK, &self.mark)
+            .env_remove(env::CRASH);
+        if let Some((point, at)) = crash {
+            command.env(env::CRASH, format!("{point}:{at}"));
+        }
+        let _ = std::fs::remove_file(&self.mark);
+        Ok(Process(command.spawn()?))
+    }
+
+    /// Every partition's committed offset is at its end.
+    async fn finished(&self) -> Result<bool, ChaosError> {
+        Ok(self.committed().await? == self.ends.iter().map(|e| Some(*e)).collect::<Vec<_>>())
+    }
+
+    async fn committed(&self) -> Result<Vec<Option<i64>>, ChaosError> {
+        let kafka = BTreeMap::from([("bootstrap.servers".to_owned(), self.servers.to_owned())]);
+        let (topic, group, partitions) = (
+            self.chaos.topic.clone(),
+            self.chaos.group.clone(),
+            self.chaos.partitions,
+        );
+        tokio::task::spawn_blocking(move || {
+            committed_offsets(&kafka, &topic, &group, partitions, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| ChaosError::Kafka(e.to_string()))?
+        .map_err(|e| ChaosError::Kafka(e.to_string()))
+    }
+
+    /// One armed consumer: true when it died at its point. For the rebalance point a second,
+    /// unarmed consumer joins the group once the first has made progress, and is stopped
+    /// after.
+    async fn round(
+        &self,
+        round: usize,
+        point: CrashPoint,
+        at: u64,
+        store: &Store,
+    ) -> Result<bool, ChaosError> {
+        let mut victim = self.start(Some((point, at)))?;
+        let mut joiner = None;
+        let before = self.chaos.effects.read(store).await?.len();
+        let deadline = Instant::now() + ROUND_LIMIT;
+        let mut next_look = Instant::now();
+        let died = loop {
+            if let Some(status) = victim.0.try_wait()? {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            if Instant::now() >= next_look {
+                next_look = Instant::now() + COMMITS_EVERY;
+                if point == CrashPoint::Rebalance && joiner.is_none() {
+                    let progressed = self.chaos.effects.read(store).await?.len() > before;
+                    if progressed || self.finished().await? {
+                        joiner = Some(self.start(None)?);
+                    }
+                } else if point != CrashPoint::Rebalance && self.finished().await? {
+                    break None;
+                }
+            }
+            tokio::time::sleep(TICK).await;
+        };
+        if let Some(joiner) = joiner {
+            stop(joiner, round).await?;
+        }
+        match died {
+            Some(status) => {
+                let marked = std::fs::read_to_string(&self.mark).unwrap_or_default();
+                if marked == point.name() {
+                    Ok(true)
+                } else {
+                    Err(ChaosError::ConsumerFailed { round, status })
+                }
+            }
+            None => {
+                stop(victim, round).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// An unarmed consumer until every offset is committed, then a clean stop.
+    async fn finish(&self) -> Result<(), ChaosError> {
+        let mut last = self.start(None)?;
+        let deadline = Instant::now() + FINISH_LIMIT;
+        loop {
+            if let Some(status) = last.0.try_wait()? {
+                return Err(ChaosError::ConsumerFailed { round: 0, status });
+            }
+            if self.finished().await? {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ChaosError::Unfinished {
+                    waited: FINISH_LIMIT,
+                    committed: self.committed().await?,
+                    ends: self.ends.clone(),
+                });
+            }
+            tokio::time::sleep(COMMITS_EVERY).await;
+        }
+        stop(last, 0).await
+    }
+}
+
+/// SIGTERM, then a clean exit within [`STOP_LIMIT`].
+async fn stop(mut consumer: Process, round: usize) -> Result<(), ChaosError> {
+    if consumer.0.try_wait()?.is_none() {
+        let pid = consumer.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+    }
+    let deadline = Instant::now() + STOP_LIMIT;
+    loop {
+        if let Some(status) = consumer.0.try_wait()? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(ChaosError::ConsumerFailed { round, status })
+            };
+        }
+        if Instant::now() >= deadline {
+            let _ = consumer.0.kill();
+            let status = consumer.0.wait()?;
+            return Err(ChaosError::ConsumerFailed { round, status });
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Produces `messages` round-robin over the partitions (the first being message `first` of
+/// the workload) and waits for every delivery.
+async fn produce(
+    servers: &str,
+    topic: &str,
+    partitions: i32,
+    messages: &[ChaosMessage],
+    first: usize,
+) -> Result<(), ChaosError> {
+    let kafka = |e: rdkafka::error::KafkaError| ChaosError::Kafka(e.to_string());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("linger.ms", "5")
+        .create()
+        .map_err(kafka)?;
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for (i, message) in (first..).zip(messages) {
+        let partition = i32::try_from(i % usize::try_from(partitions).unwrap_or(1)).unwrap_or(0);
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(&message.key)
+            .payload(&message.payload);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| kafka(e))?);
+    }
+    for delivery in deliveries {
+        delivery
+            .await
+            .map_err(|_| ChaosError::Kafka("a delivery was cancelled".to_owned()))?
+            .map_err(|(e, _)| kafka(e))?;
+    }
+    Ok(())
+}
+
+/// Where each partition ends.
+async fn high_watermarks(
+    servers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<i64>, ChaosError> {
+    let (servers, topic) = (servers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &servers)
+            .create()
+            .map_err(|e| ChaosError::Kafka(e.to_string()))?;
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .map(|(_, high)| high)
+                    .map_err(|e| ChaosError::Kafka(e.to_string()))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ChaosError::Kafka(e.to_string()))?
+}
