@@ -179,6 +179,9 @@ pub enum BenchError {
     /// Kafka (the embedded cluster, the producer or a consumer) failed.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The brokers could not be started or reached.
+    #[error(transparent)]
+    Brokers(#[from] BrokerError),
     /// The broker does not hold every produced message (the embedded cluster keeps about
     /// 5 MiB per partition): the figures would be meaningless.
     #[error(
@@ -361,12 +364,6 @@ fn effects_ddl(backend: Backend) -> &'static str {
 
 fn kafka_err(error: impl std::fmt::Display) -> BenchError {
     BenchError::Kafka(error.to_string())
-}
-
-impl From<BrokerError> for BenchError {
-    fn from(error: BrokerError) -> Self {
-        BenchError::Kafka(error.to_string())
-    }
 }
 
 impl Kafka {

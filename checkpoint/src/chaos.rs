@@ -271,7 +271,8 @@ pub fn render(rows: &[ChaosRow]) -> String {
         out,
         "\nkills by crash point: before = before consume, inside = inside consume, after = after \
          consume and before the checkpoint commit, commit = after the checkpoint commit and \
-         before the offset commit, rebalance = while partitions are revoked.\ndups = side \
+         before the offset is stored for Kafka, rebalance = while a rebalance revokes the \
+         partitions.\ndups = side \
          effects applied more than once (extra applications); lost = side effects never applied."
     );
     out

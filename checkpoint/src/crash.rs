@@ -17,10 +17,12 @@ pub enum CrashPoint {
     InsideConsume,
     /// `consume` acknowledged the message; the checkpoint row is not committed yet.
     AfterConsume,
-    /// The checkpoint row is committed (or the message was settled otherwise); its offset is
-    /// not stored for Kafka yet.
+    /// This attempt's row (an event, or a failure row) is committed; the message's offset is
+    /// not stored for Kafka yet. Not reached for a redelivery that was already stored.
     AfterCommit,
-    /// A rebalance is revoking the process's partitions.
+    /// A rebalance (not the consumer closing) is revoking the process's partitions: their
+    /// in-flight work has settled; the offsets stored since the last automatic commit are not
+    /// committed yet.
     Rebalance,
 }
 

@@ -87,8 +87,9 @@ impl ChaosConsumer {
             .kafka("auto.commit.interval.ms", "200")
     }
 
-    /// Arms the crash point, then runs `spec` with `engine` until SIGTERM or SIGINT (a clean
-    /// stop), or until the process dies at its point.
+    /// Arms the crash point, then runs `spec` with `engine` until SIGTERM or SIGINT, or until
+    /// standard input closes (the harness holds it, so a harness that dies takes its
+    /// consumers with it): a clean stop. Or until the process dies at its point.
     pub async fn run(self, spec: ListenerSpec, engine: Engine) -> Result<(), ChaosError> {
         if let Some((point, at)) = self.crash {
             let armed = Armed {
@@ -104,8 +105,23 @@ impl ChaosConsumer {
                 });
             }
         }
+        let (closed, harness_gone) = tokio::sync::oneshot::channel::<()>();
+        // A plain thread: a blocking read left behind must not hold up the runtime's end.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
+            let mut sink = [0u8; 256];
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        });
+        let shutdown = async {
+            tokio::select! {
+                () = crate::app::shutdown_signal() => {}
+                _ = harness_gone => {}
+            }
+        };
         Listener::new(spec, engine)
-            .run(crate::app::shutdown_signal())
+            .run(shutdown)
             .await
             .map_err(ChaosError::Listener)
     }

@@ -27,6 +27,8 @@ const FINISH_LIMIT: Duration = Duration::from_secs(240);
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 /// How often the harness looks at the processes.
 const TICK: Duration = Duration::from_millis(100);
+/// How long one read of the side effects may take.
+const READ_LIMIT: Duration = Duration::from_secs(60);
 /// How often it asks Kafka for the committed offsets.
 const COMMITS_EVERY: Duration = Duration::from_millis(500);
 
@@ -48,7 +50,10 @@ pub enum ChaosError {
     /// The checkpoint database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The brokers failed.
+    /// The brokers could not be started or reached.
+    #[error(transparent)]
+    Brokers(#[from] crate::brokers::BrokerError),
+    /// Producing, or asking Kafka for offsets, failed.
     #[error("kafka: {0}")]
     Kafka(String),
     /// The consumer's listener stopped with an error (consumer side).
@@ -79,12 +84,18 @@ pub enum ChaosError {
     /// Reading the side effects failed.
     #[error("reading the side effects: {0}")]
     SideEffects(String),
-}
-
-impl From<crate::brokers::BrokerError> for ChaosError {
-    fn from(error: crate::brokers::BrokerError) -> Self {
-        ChaosError::Kafka(error.to_string())
-    }
+    /// Fewer kills landed than asked (the stream ran dry, or armed consumers kept missing
+    /// their points): the run proves less than it was meant to.
+    #[error("only {} of {asked} kills landed: {report}", report.total_kills())]
+    TooFewKills {
+        /// Kills asked for.
+        asked: usize,
+        /// What the run found with the kills it had.
+        report: Box<ChaosReport>,
+    },
+    /// The scratch directory for crash marks could not be made.
+    #[error("cannot create the harness's scratch directory: {0}")]
+    Scratch(#[source] std::io::Error),
 }
 
 /// One message of the workload, and the side effect its handling must leave exactly once.
@@ -175,7 +186,14 @@ impl SideEffects {
         SideEffects::Callback(Arc::new(move || Box::pin(list())))
     }
 
+    /// The effects so far, one entry per application; bounded in time.
     async fn read(&self, store: &Store) -> Result<Vec<String>, ChaosError> {
+        tokio::time::timeout(READ_LIMIT, self.read_unbounded(store))
+            .await
+            .map_err(|_| ChaosError::SideEffects(format!("no answer within {READ_LIMIT:?}")))?
+    }
+
+    async fn read_unbounded(&self, store: &Store) -> Result<Vec<String>, ChaosError> {
         match self {
             SideEffects::Callback(list) => list().await.map_err(ChaosError::SideEffects),
             SideEffects::Table { table, column } => {
@@ -296,7 +314,7 @@ impl Chaos {
     /// A run against `database`, starting consumers with `consumer` (a fresh [`Command`] each
     /// time; the harness adds the environment of [`super::env`]) and counting `effects`.
     /// Defaults: 20 kills at every crash point, seed 1, 3 partitions, librdkafka's mock
-    /// cluster in this process, topic `chaos`, a group unique to the run.
+    /// cluster in this process, a topic and a group unique to the run.
     pub fn new(
         database: impl Into<String>,
         consumer: impl Fn() -> Command + Send + Sync + 'static,
@@ -314,7 +332,7 @@ impl Chaos {
             seed: 1,
             points: CrashPoint::ALL.to_vec(),
             brokers: None,
-            topic: "chaos".to_owned(),
+            topic: format!("chaos-{stamp}-{}", std::process::id()),
             group: format!("chaos-{stamp}-{}", std::process::id()),
             partitions: 3,
         }
@@ -350,7 +368,7 @@ impl Chaos {
         self
     }
 
-    /// The topic (it should be new, or empty).
+    /// The topic: a new one (on external brokers the harness creates it).
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topic = topic.into();
         self
@@ -368,7 +386,9 @@ impl Chaos {
         self
     }
 
-    /// Runs it: produce, kill `kills` times, finish, count.
+    /// Runs it: produce, kill `kills` times, finish, count. Fails when fewer kills landed
+    /// than asked (the report is in the error), so a consumer that never arms its crash point
+    /// cannot pass as a clean run.
     pub async fn run(self) -> Result<ChaosReport, ChaosError> {
         let started = Instant::now();
         if self.messages.is_empty() || self.points.is_empty() || self.partitions < 1 {
@@ -376,29 +396,55 @@ impl Chaos {
                 "it needs messages, crash points and at least one partition".to_owned(),
             ));
         }
+        let mut expected: HashMap<&str, usize> = HashMap::with_capacity(self.messages.len());
+        for message in &self.messages {
+            if expected.insert(message.effect.as_str(), 0).is_some() {
+                return Err(ChaosError::Invalid(format!(
+                    "effect {:?} belongs to two messages; each must be unique",
+                    message.effect
+                )));
+            }
+        }
         let store = Store::connect(&self.database)?;
+        // Also proves the listing works before anything starts.
+        if let Some(stale) = self
+            .effects
+            .read(&store)
+            .await?
+            .iter()
+            .find(|e| expected.contains_key(e.as_str()))
+        {
+            return Err(ChaosError::Invalid(format!(
+                "effect {stale:?} is already there before the run; start from a clean table"
+            )));
+        }
         let brokers =
             Brokers::start(self.brokers.as_deref(), None, &self.topic, self.partitions).await?;
-        let scratch = tempfile_dir()?;
+        let scratch = Scratch::new()?;
         let mut run = Run {
             chaos: &self,
             servers: &brokers.servers,
             ends: vec![0; usize::try_from(self.partitions).unwrap_or(1)],
-            mark: scratch.join("crashed"),
+            scratch: &scratch,
+            started: std::cell::Cell::new(0),
         };
 
         // The workload is fed in slices, one per round and the last to the unarmed consumer,
         // so that every armed consumer has fresh messages in flight when its point comes
         // (the mock cluster's group joins take seconds, long enough to drain a whole stream).
         // Arrivals are drawn from the first half of a slice.
-        let size = self.messages.len().div_ceil(self.kills + 1);
+        let size = self
+            .messages
+            .len()
+            .div_ceil(self.kills.saturating_add(1))
+            .max(1);
         let mut slices = self.messages.chunks(size).zip((0..).step_by(size));
         let most = u64::try_from(size / 2).unwrap_or(1).max(1);
         let mut rng = fastrand::Rng::with_seed(self.seed);
         let mut kills: BTreeMap<CrashPoint, usize> = BTreeMap::new();
         let mut rounds_without_kill = 0;
         let mut round = 0;
-        while kills.values().sum::<usize>() < self.kills && round < self.kills * 2 {
+        while kills.values().sum::<usize>() < self.kills && round < self.kills.saturating_mul(2) {
             round += 1;
             if let Some((slice, first)) = slices.next() {
                 run.feed(slice, first).await?;
@@ -422,23 +468,17 @@ impl Chaos {
         }
         run.finish().await?;
 
-        let applied = self.effects.read(&store).await?;
-        let mut counts: HashMap<&str, usize> = self
-            .messages
-            .iter()
-            .map(|m| (m.effect.as_str(), 0))
-            .collect();
-        for effect in &applied {
-            if let Some(n) = counts.get_mut(effect.as_str()) {
+        for effect in self.effects.read(&store).await? {
+            if let Some(n) = expected.get_mut(effect.as_str()) {
                 *n += 1;
             }
         }
-        let duplicates = counts
+        let duplicates = expected
             .iter()
             .filter(|(_, n)| **n > 1)
             .map(|(effect, n)| ((*effect).to_owned(), *n))
             .collect();
-        let mut lost: Vec<String> = counts
+        let mut lost: Vec<String> = expected
             .iter()
             .filter(|(_, n)| **n == 0)
             .map(|(effect, _)| (*effect).to_owned())
@@ -451,8 +491,7 @@ impl Chaos {
                 ..ListQuery::default()
             })
             .await?;
-        let _ = std::fs::remove_dir_all(&scratch);
-        Ok(ChaosReport {
+        let report = ChaosReport {
             messages: self.messages.len(),
             kills,
             rounds_without_kill,
@@ -461,19 +500,36 @@ impl Chaos {
             failure_rows,
             seed: self.seed,
             elapsed: started.elapsed(),
-        })
+        };
+        if report.total_kills() < self.kills {
+            return Err(ChaosError::TooFewKills {
+                asked: self.kills,
+                report: Box::new(report),
+            });
+        }
+        Ok(report)
     }
 }
 
-/// A scratch directory for the crash marks.
-fn tempfile_dir() -> Result<PathBuf, ChaosError> {
-    let dir = std::env::temp_dir().join(format!(
-        "checkpoint-chaos-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A scratch directory for the crash marks, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, ChaosError> {
+        let dir = std::env::temp_dir().join(format!(
+            "checkpoint-chaos-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).map_err(ChaosError::Scratch)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// One run's fixed parts.
@@ -481,17 +537,33 @@ struct Run<'a> {
     chaos: &'a Chaos,
     servers: &'a str,
     ends: Vec<i64>,
+    scratch: &'a Scratch,
+    /// Consumer processes started so far (each gets its own mark file).
+    started: std::cell::Cell<usize>,
+}
+
+/// A consumer process the harness started. It holds the process's standard input: when the
+/// harness goes away, however it goes, the consumer sees it closed and stops. Killed if still
+/// running when dropped.
+struct Process {
+    child: Child,
+    _stdin: Option<std::process::ChildStdin>,
+    /// Where it writes its crash point when it dies at it.
     mark: PathBuf,
 }
 
-/// A consumer process the harness started; killed if still running when dropped.
-struct Process(Child);
+impl Process {
+    /// Whether it died at `point` (its mark says so).
+    fn died_at(&self, point: CrashPoint) -> bool {
+        std::fs::read_to_string(&self.mark).is_ok_and(|m| m == point.name())
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -513,19 +585,27 @@ impl Run<'_> {
     }
 
     fn start(&self, crash: Option<(CrashPoint, u64)>) -> Result<Process, ChaosError> {
+        let n = self.started.get() + 1;
+        self.started.set(n);
+        let mark = self.scratch.0.join(format!("consumer-{n}"));
         let mut command = (self.chaos.consumer)();
         command
             .env(env::BROKERS, self.servers)
             .env(env::TOPIC, &self.chaos.topic)
             .env(env::GROUP, &self.chaos.group)
             .env(env::DATABASE, &self.chaos.database)
-            .env(env::MARK, &self.mark)
-            .env_remove(env::CRASH);
+            .env(env::MARK, &mark)
+            .env_remove(env::CRASH)
+            .stdin(std::process::Stdio::piped());
         if let Some((point, at)) = crash {
             command.env(env::CRASH, format!("{point}:{at}"));
         }
-        let _ = std::fs::remove_file(&self.mark);
-        Ok(Process(command.spawn()?))
+        let mut child = command.spawn()?;
+        Ok(Process {
+            _stdin: child.stdin.take(),
+            child,
+            mark,
+        })
     }
 
     /// Every partition's committed offset is at its end.
@@ -558,13 +638,13 @@ impl Run<'_> {
         at: u64,
         store: &Store,
     ) -> Result<bool, ChaosError> {
+        let before = self.chaos.effects.read(store).await?.len();
         let mut victim = self.start(Some((point, at)))?;
         let mut joiner = None;
-        let before = self.chaos.effects.read(store).await?.len();
         let deadline = Instant::now() + ROUND_LIMIT;
         let mut next_look = Instant::now();
         let died = loop {
-            if let Some(status) = victim.0.try_wait()? {
+            if let Some(status) = victim.child.try_wait()? {
                 break Some(status);
             }
             if Instant::now() >= deadline {
@@ -583,22 +663,23 @@ impl Run<'_> {
             }
             tokio::time::sleep(TICK).await;
         };
-        if let Some(joiner) = joiner {
-            stop(joiner, round).await?;
+        if let Some(mut joiner) = joiner {
+            let status = stop(&mut joiner).await?;
+            if !status.success() {
+                return Err(ChaosError::ConsumerFailed { round, status });
+            }
         }
-        match died {
-            Some(status) => {
-                let marked = std::fs::read_to_string(&self.mark).unwrap_or_default();
-                if marked == point.name() {
-                    Ok(true)
-                } else {
-                    Err(ChaosError::ConsumerFailed { round, status })
-                }
-            }
-            None => {
-                stop(victim, round).await?;
-                Ok(false)
-            }
+        let status = match died {
+            Some(status) => status,
+            // Stopped without a kill; it may still reach its point while it drains.
+            None => stop(&mut victim).await?,
+        };
+        if victim.died_at(point) {
+            Ok(true)
+        } else if died.is_none() && status.success() {
+            Ok(false)
+        } else {
+            Err(ChaosError::ConsumerFailed { round, status })
         }
     }
 
@@ -607,7 +688,7 @@ impl Run<'_> {
         let mut last = self.start(None)?;
         let deadline = Instant::now() + FINISH_LIMIT;
         loop {
-            if let Some(status) = last.0.try_wait()? {
+            if let Some(status) = last.child.try_wait()? {
                 return Err(ChaosError::ConsumerFailed { round: 0, status });
             }
             if self.finished().await? {
@@ -622,29 +703,33 @@ impl Run<'_> {
             }
             tokio::time::sleep(COMMITS_EVERY).await;
         }
-        stop(last, 0).await
+        let status = stop(&mut last).await?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ChaosError::ConsumerFailed { round: 0, status })
+        }
     }
 }
 
-/// SIGTERM, then a clean exit within [`STOP_LIMIT`].
-async fn stop(mut consumer: Process, round: usize) -> Result<(), ChaosError> {
-    if consumer.0.try_wait()?.is_none() {
-        let pid = consumer.0.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
+/// SIGTERM, then its exit status; SIGKILL after [`STOP_LIMIT`] (which then shows in the
+/// status).
+async fn stop(consumer: &mut Process) -> Result<ExitStatus, ChaosError> {
+    if consumer.child.try_wait()?.is_none() {
+        let pid = consumer.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status()?;
+        if !sent.success() && consumer.child.try_wait()?.is_none() {
+            consumer.child.kill()?;
+        }
     }
     let deadline = Instant::now() + STOP_LIMIT;
     loop {
-        if let Some(status) = consumer.0.try_wait()? {
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(ChaosError::ConsumerFailed { round, status })
-            };
+        if let Some(status) = consumer.child.try_wait()? {
+            return Ok(status);
         }
         if Instant::now() >= deadline {
-            let _ = consumer.0.kill();
-            let status = consumer.0.wait()?;
-            return Err(ChaosError::ConsumerFailed { round, status });
+            let _ = consumer.child.kill();
+            return Ok(consumer.child.wait()?);
         }
         tokio::time::sleep(TICK).await;
     }

@@ -8,12 +8,13 @@
 //!   broker, topic, group and database there, and the one [`CrashPoint`] to die at: the n-th
 //!   time the process reaches it, it kills itself with SIGKILL. No destructor runs, nothing is
 //!   flushed, exactly as with `kill -9` or the OOM killer.
-//! - **The harness**, [`Chaos`], produces your messages (to librdkafka's mock cluster, or to
-//!   your brokers), then starts the consumer again and again, each time armed at a random
-//!   point chosen from a fixed seed, until it has been killed the number of times you asked.
-//!   For the rebalance point it starts a second consumer in the group, so the first one dies
-//!   while its partitions are being revoked. A last, unarmed consumer then finishes the
-//!   stream. The [`ChaosReport`] counts, per expected side effect, how often it happened:
+//! - **The harness**, [`Chaos`], starts the consumer again and again, each time armed at a
+//!   random point drawn from a fixed seed, until it has been killed the number of times you
+//!   asked. It produces your messages (to librdkafka's mock cluster, or to your brokers) in
+//!   slices, one before each round, so every armed consumer has work in flight when its point
+//!   comes. For the rebalance point it starts a second consumer in the group once the first
+//!   has made progress, so the first one dies while its partitions are being revoked. A
+//!   last, unarmed consumer then finishes the stream. The [`ChaosReport`] counts, per expected side effect, how often it happened:
 //!   twice or more is a duplicate, never is a loss.
 //!
 //! ```no_run
@@ -60,6 +61,7 @@
 mod consumer;
 mod harness;
 
+pub use crate::brokers::BrokerError;
 pub use crate::crash::CrashPoint;
 pub use consumer::ChaosConsumer;
 pub(crate) use consumer::reached;
