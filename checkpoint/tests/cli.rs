@@ -30,6 +30,7 @@ fn version_and_help() {
         "copy-migrations",
         "migration",
         "demo",
+        "chaos",
         "migrate",
         "rollback",
         "status",
@@ -163,6 +164,56 @@ fn the_demo_runs_once_and_adds_fresh_events_on_every_run() {
     assert!(
         stdout.contains("database now holds  758 events and 6 failures"),
         "{stdout}"
+    );
+}
+
+/// `checkpoint chaos` as a user runs it: its consumer processes are the same binary, killed
+/// at the crash points; the JSON rows count the kills and find nothing duplicated or lost.
+#[test]
+fn chaos_kills_its_consumer_and_counts_side_effects() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}", dir.path().join("chaos.db").display());
+    let out = checkpoint(
+        &[
+            "chaos",
+            "--kills",
+            "4",
+            "--messages",
+            "300",
+            "--mode",
+            "transactional",
+            "--seed",
+            "3",
+            "--database",
+            &database,
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
+    let rows = rows.as_array().expect("an array");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["mode"], "transactional");
+    let report = &row["report"];
+    let kills: u64 = report["kills"]
+        .as_object()
+        .expect("kills by point")
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(kills, 4, "{report}");
+    assert_eq!(report["messages"], 300);
+    assert_eq!(report["duplicates"], serde_json::json!({}), "{report}");
+    assert_eq!(report["lost"], serde_json::json!([]), "{report}");
+
+    let wrong = checkpoint(&["chaos", "--mode", "sometimes"], dir.path());
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("unknown mode"),
+        "{}",
+        text(&wrong.stderr)
     );
 }
 
