@@ -176,8 +176,29 @@ impl App {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Runs every listener until `shutdown` completes, then shuts them down cleanly.
+    /// Runs every listener until `shutdown` completes, then shuts them down cleanly. With a
+    /// `[retention]` table, old rows are pruned meanwhile (see [`crate::retention`]); a prune
+    /// in progress stops after its current batch.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
+        let pruning = self.config.retention.clone().map(|retention| {
+            tokio::spawn(crate::retention::run_periodically(
+                self.engine.store().clone(),
+                retention,
+                pruning_stopped,
+            ))
+        });
+        let result = self.run_listeners(shutdown).await;
+        let _ = stop_pruning.send(true);
+        if let Some(pruning) = pruning
+            && let Err(join) = pruning.await
+        {
+            tracing::warn!(target: "checkpoint", error = %join, "the retention task ended abnormally");
+        }
+        result
+    }
+
+    async fn run_listeners(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
         for listener in self.listeners() {

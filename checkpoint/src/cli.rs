@@ -71,6 +71,21 @@ pub const BASE_MIGRATIONS: &[BaseMigration] = &[
         "mysql",
         "2026-11-29-000001_create_checkpoint_attempts"
     ),
+    base_migration!(
+        Backend::Sqlite,
+        "sqlite",
+        "2026-11-30-000001_index_created_at"
+    ),
+    base_migration!(
+        Backend::Postgres,
+        "postgres",
+        "2026-11-30-000001_index_created_at"
+    ),
+    base_migration!(
+        Backend::Mysql,
+        "mysql",
+        "2026-11-30-000001_index_created_at"
+    ),
 ];
 
 /// What happened to one file or folder.

@@ -16,6 +16,12 @@
 //! bind = "127.0.0.1:9292"       # default 127.0.0.1:9292
 //! token = "${CHECKPOINT_API_TOKEN:-}"   # empty = no token
 //!
+//! [retention]                   # optional: absent = nothing is ever deleted
+//! events_older_than = "30d"     # s, m, h, d or w; at least one of the two ages
+//! failures_older_than = "90d"
+//! interval = "1h"               # default 1h
+//! batch_size = 1000             # rows per delete statement, 1..=100000, default 1000
+//!
 //! [[listeners]]                 # zero or more
 //! handler = "orders"            # required: a registered handler name
 //! topic = "orders"              # required
@@ -69,6 +75,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::engine::Backoff;
+use crate::retention::{DEFAULT_BATCH_SIZE, DEFAULT_INTERVAL, Retention, parse_age};
 use crate::store::DatabaseUrl;
 
 /// Where the configuration is read from when no path is given.
@@ -82,6 +89,9 @@ const MAX_TOPIC_LEN: usize = 249;
 
 /// Longest consumer group id (the checkpoint tables' limit for indexed text).
 const MAX_GROUP_ID_LEN: usize = 255;
+
+/// The most rows one retention statement may delete.
+const MAX_PRUNE_BATCH: i64 = 100_000;
 
 /// A configuration that could not be read or is not valid.
 ///
@@ -124,6 +134,9 @@ pub struct Config {
     pub db_checkpoint: DbCheckpointConfig,
     /// `[api]`: the HTTP API.
     pub api: ApiConfig,
+    /// `[retention]`: old rows an [`App`](crate::App) deletes (`None`: the table is absent and
+    /// nothing is deleted).
+    pub retention: Option<Retention>,
     /// `[[listeners]]`, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Where this configuration came from: the file name, or `<string>`; errors start with it.
@@ -306,8 +319,18 @@ struct RawConfig {
     db_checkpoint: RawDbCheckpoint,
     #[serde(default)]
     api: RawApi,
+    retention: Option<RawRetention>,
     #[serde(default)]
     listeners: Vec<RawListener>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    events_older_than: Option<String>,
+    failures_older_than: Option<String>,
+    interval: Option<String>,
+    batch_size: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -523,6 +546,40 @@ impl Ctx<'_> {
         }
     }
 
+    fn retention(&self, raw: RawRetention) -> Result<Retention, ConfigError> {
+        let age = |key: &str, text: Option<String>| match text {
+            None => Ok(None),
+            Some(text) => parse_age(&text)
+                .map(Some)
+                .map_err(|reason| self.invalid(format!("retention.{key}"), reason)),
+        };
+        let events_older_than = age("events_older_than", raw.events_older_than)?;
+        let failures_older_than = age("failures_older_than", raw.failures_older_than)?;
+        if events_older_than.is_none() && failures_older_than.is_none() {
+            return Err(self.invalid(
+                "retention",
+                "set events_older_than, failures_older_than or both (or leave the table out)",
+            ));
+        }
+        let interval = age("interval", raw.interval)?.unwrap_or(DEFAULT_INTERVAL);
+        let batch_size = match raw.batch_size {
+            None => DEFAULT_BATCH_SIZE,
+            Some(n) if (1..=MAX_PRUNE_BATCH).contains(&n) => n,
+            Some(n) => {
+                return Err(self.invalid(
+                    "retention.batch_size",
+                    format!("must be between 1 and {MAX_PRUNE_BATCH}, not {n}"),
+                ));
+            }
+        };
+        Ok(Retention {
+            events_older_than,
+            failures_older_than,
+            interval,
+            batch_size,
+        })
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut kafka = BTreeMap::new();
         for (name, value) in raw.kafka {
@@ -587,6 +644,11 @@ impl Ctx<'_> {
         let token = match raw.api.token {
             Some(token) => Some(self.expand("api.token", &token)?).filter(|t| !t.is_empty()),
             None => None,
+        };
+
+        let retention = match raw.retention {
+            None => None,
+            Some(r) => Some(self.retention(r)?),
         };
 
         let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listeners.len());
@@ -704,6 +766,7 @@ impl Ctx<'_> {
             database,
             db_checkpoint: DbCheckpointConfig { max_retries },
             api: ApiConfig { bind, token },
+            retention,
             listeners,
             source: self.source.to_owned(),
         })
@@ -1027,6 +1090,48 @@ mod tests {
     }
 
     #[test]
+    fn retention_ages_are_parsed_and_mistakes_name_their_key() {
+        let config = parse(&format!(
+            "{DATABASE}\n[retention]\nevents_older_than = \"30d\"\nbatch_size = 500\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.retention,
+            Some(Retention {
+                events_older_than: Some(Duration::from_secs(30 * 86_400)),
+                failures_older_than: None,
+                interval: DEFAULT_INTERVAL,
+                batch_size: 500,
+            })
+        );
+        for (table, key) in [
+            ("events_older_than = \"30\"", "retention.events_older_than"),
+            (
+                "failures_older_than = \"3y\"",
+                "retention.failures_older_than",
+            ),
+            (
+                "events_older_than = \"1d\"\ninterval = \"0s\"",
+                "retention.interval",
+            ),
+            (
+                "events_older_than = \"1d\"\nbatch_size = 0",
+                "retention.batch_size",
+            ),
+            ("interval = \"1h\"", "retention"),
+        ] {
+            let error = parse(&format!("{DATABASE}\n[retention]\n{table}\n"))
+                .expect_err("invalid retention");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("checkpoint.toml: {key}: ")),
+                "{table}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn only_the_database_url_is_required_and_everything_else_has_defaults() {
         let config = parse(DATABASE).expect("valid");
         assert_eq!(
@@ -1042,6 +1147,7 @@ mod tests {
                     bind: "127.0.0.1:9292".parse().expect("address"),
                     token: None
                 },
+                retention: None,
                 listeners: Vec::new(),
                 source: "checkpoint.toml".to_owned(),
             }
@@ -1224,7 +1330,7 @@ token = "${EMPTY:-from-default}"
         assert_eq!(
             error(&format!("{DATABASE}[listener]\nhandler = \"h\"\n")),
             "checkpoint.toml: listener: unknown key `listener`, expected one of `kafka`, \
-             `database`, `db_checkpoint`, `api`, `listeners` (line 3)"
+             `database`, `db_checkpoint`, `api`, `retention`, `listeners` (line 3)"
         );
         assert_eq!(
             error("[database]\nurl = \"sqlite://cp.db\"\n\"pool.size\" = 3\n"),

@@ -66,6 +66,7 @@ pub mod handler;
 pub mod instrument;
 pub mod listener;
 pub mod message;
+pub mod retention;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -7,7 +7,7 @@ use checkpoint::config::{Config, DEFAULT_PATH};
 use checkpoint::demo::{self, DemoOptions};
 use checkpoint::error::Backend;
 use checkpoint::store::Store;
-use checkpoint::{bench, chaos, cli};
+use checkpoint::{bench, chaos, cli, retention};
 use clap::{Parser, Subcommand};
 
 /// Exactly-once Kafka event handlers, checkpointed in your own database.
@@ -154,6 +154,26 @@ enum Command {
         /// Migrations folder.
         #[arg(long, default_value = "migrations")]
         dir: PathBuf,
+    },
+    /// Delete old events and failures in batches (or, with --dry-run, count them). Without
+    /// an age flag, the ages of the config file's `[retention]` table apply.
+    Prune {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Delete events created longer ago than this: a whole number and s, m, h, d or w
+        /// (e.g. 30d).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Delete failures created longer ago than this (same form; failures are kept
+        /// unless given).
+        #[arg(long)]
+        failures_older_than: Option<String>,
+        /// Rows per delete statement.
+        #[arg(long, default_value_t = retention::DEFAULT_BATCH_SIZE)]
+        batch_size: i64,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Apply pending migrations.
     Migrate(DatabaseArgs),
@@ -348,6 +368,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             print_reports(cli::new_migration(&dir, &name).map(|r| vec![r]))
         }
         Command::Api { database, bind } => api(&database, bind).await,
+        Command::Prune {
+            database,
+            older_than,
+            failures_older_than,
+            batch_size,
+            dry_run,
+        } => {
+            prune(
+                &database,
+                older_than.as_deref(),
+                failures_older_than.as_deref(),
+                batch_size,
+                dry_run,
+            )
+            .await
+        }
         Command::Migrate(args) => {
             let store = Store::connect(&args.url()?).map_err(|e| one_line(&e))?;
             let applied = store.migrate().await.map_err(|e| one_line(&e))?;
@@ -415,6 +451,55 @@ async fn api(args: &DatabaseArgs, bind: Option<std::net::SocketAddr>) -> Result<
     serve(listener, router(state), checkpoint::app::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn prune(
+    args: &DatabaseArgs,
+    older_than: Option<&str>,
+    failures_older_than: Option<&str>,
+    batch_size: i64,
+    dry_run: bool,
+) -> Result<(), String> {
+    use checkpoint::store::PrunedTable;
+    if batch_size < 1 {
+        return Err(format!("--batch-size must be at least 1, not {batch_size}"));
+    }
+    let age = |flag: &str, text: Option<&str>| {
+        text.map(|t| retention::parse_age(t).map_err(|e| format!("--{flag}: {e}")))
+            .transpose()
+    };
+    let mut ages = vec![
+        (PrunedTable::Events, age("older-than", older_than)?),
+        (
+            PrunedTable::Failures,
+            age("failures-older-than", failures_older_than)?,
+        ),
+    ];
+    if ages.iter().all(|(_, age)| age.is_none()) && args.config.exists() {
+        let config = Config::load(&args.config).map_err(|e| one_line(&e))?;
+        if let Some(retention) = config.retention {
+            ages = vec![
+                (PrunedTable::Events, retention.events_older_than),
+                (PrunedTable::Failures, retention.failures_older_than),
+            ];
+        }
+    }
+    if ages.iter().all(|(_, age)| age.is_none()) {
+        return Err(
+            "nothing to prune: pass --older-than and/or --failures-older-than, or set \
+             [retention] in the config file"
+                .to_owned(),
+        );
+    }
+    let store = Store::connect(&args.url()?).map_err(|e| one_line(&e))?;
+    for (table, age) in ages {
+        let Some(age) = age else { continue };
+        let pruned = retention::prune(&store, table, age, batch_size, dry_run, &|| false)
+            .await
+            .map_err(|e| one_line(&e))?;
+        println!("{pruned}");
+    }
+    Ok(())
 }
 
 fn print_reports(reports: Result<Vec<cli::Report>, cli::CliError>) -> Result<(), String> {

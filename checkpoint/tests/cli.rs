@@ -31,6 +31,7 @@ fn version_and_help() {
         "migration",
         "demo",
         "chaos",
+        "prune",
         "migrate",
         "rollback",
         "status",
@@ -64,8 +65,8 @@ fn migrate_status_rollback_on_sqlite() {
         "{}",
         text(&out.stdout)
     );
-    // Two migrations on SQLite: the newest is reverted first.
-    for _ in 0..2 {
+    // Three migrations on SQLite: the newest is reverted first.
+    for _ in 0..3 {
         let out = checkpoint(&[&["rollback"][..], &db].concat(), dir.path());
         assert!(
             text(&out.stdout).starts_with("reverted "),
@@ -217,6 +218,93 @@ fn chaos_kills_its_consumer_and_counts_side_effects() {
     );
 }
 
+/// `checkpoint prune` as a user runs it: a dry run counts, the real run deletes the old
+/// events only, failures are kept unless asked for, and a prune with no age is refused.
+#[test]
+fn prune_deletes_old_events_in_batches_and_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("cp.db").display());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = checkpoint::Store::connect(&url).expect("store");
+        store.migrate().await.expect("migrate");
+        for (i, days) in [(0, 40), (1, 40), (2, 40), (3, 1)] {
+            let checksum = format!("event-{i}");
+            let row = checkpoint::store::NewEvent {
+                topic: "orders",
+                group_id: "billing",
+                partition: 0,
+                offset: i,
+                key: None,
+                checksum: &checksum,
+                entity_id: None,
+                event_time: None,
+                event_type: None,
+                event_version: None,
+                payload: b"{}",
+                created_at: Some((chrono::Utc::now() - chrono::Duration::days(days)).naive_utc()),
+            };
+            store.insert_event(&row).await.expect("insert");
+        }
+    });
+    let db = ["--database", url.as_str()];
+    let dry = checkpoint(
+        &[&["prune", "--older-than", "30d", "--dry-run"][..], &db].concat(),
+        dir.path(),
+    );
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let said = lines(&dry);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with("events would delete 3 rows created before "),
+        "{said:?}"
+    );
+    let real = checkpoint(
+        &[
+            &["prune", "--older-than", "30d", "--batch-size", "2"][..],
+            &db,
+        ]
+        .concat(),
+        dir.path(),
+    );
+    assert!(real.status.success(), "{}", text(&real.stderr));
+    assert!(lines(&real)[0].starts_with("events deleted 3 rows created before "));
+    let again = checkpoint(
+        &[&["prune", "--older-than", "30d"][..], &db].concat(),
+        dir.path(),
+    );
+    assert!(lines(&again)[0].starts_with("events deleted 0 rows"));
+    let left = runtime.block_on(async {
+        let store = checkpoint::Store::connect(&url).expect("store");
+        store
+            .list_events(&Default::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|e| e.checksum)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(left, ["event-3"]);
+
+    let nothing = checkpoint(&[&["prune"][..], &db].concat(), dir.path());
+    assert!(!nothing.status.success());
+    assert!(
+        text(&nothing.stderr).contains("nothing to prune"),
+        "{}",
+        text(&nothing.stderr)
+    );
+    let wrong = checkpoint(
+        &[&["prune", "--older-than", "30 days"][..], &db].concat(),
+        dir.path(),
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("--older-than"),
+        "{}",
+        text(&wrong.stderr)
+    );
+}
+
 fn lines(out: &Output) -> Vec<String> {
     text(&out.stdout)
         .lines()
@@ -237,7 +325,8 @@ fn init_twice_changes_nothing_the_second_time() {
             "create ./.env.example",
             "create ./migrations/2026-11-27-000001_create_checkpoint_tables",
             "create ./migrations/2026-11-28-000001_drop_group_id_index",
-            "create ./migrations/2026-11-29-000001_create_checkpoint_attempts"
+            "create ./migrations/2026-11-29-000001_create_checkpoint_attempts",
+            "create ./migrations/2026-11-30-000001_index_created_at"
         ]
     );
     let config = std::fs::read_to_string(dir.path().join("checkpoint.toml")).expect("config");
@@ -261,7 +350,8 @@ fn init_twice_changes_nothing_the_second_time() {
             "exists ./.env.example",
             "identical ./migrations/2026-11-27-000001_create_checkpoint_tables",
             "identical ./migrations/2026-11-28-000001_drop_group_id_index",
-            "identical ./migrations/2026-11-29-000001_create_checkpoint_attempts"
+            "identical ./migrations/2026-11-29-000001_create_checkpoint_attempts",
+            "identical ./migrations/2026-11-30-000001_index_created_at"
         ]
     );
     assert_eq!(
@@ -288,7 +378,8 @@ fn copy_migrations_skips_existing_and_migration_names_are_snake_case() {
         lines(&first),
         [
             "create migrations/2026-11-27-000001_create_checkpoint_tables",
-            "create migrations/2026-11-29-000001_create_checkpoint_attempts"
+            "create migrations/2026-11-29-000001_create_checkpoint_attempts",
+            "create migrations/2026-11-30-000001_index_created_at"
         ]
     );
     let again = checkpoint(&["copy-migrations", "--backend", "mysql"], dir.path());
@@ -296,7 +387,8 @@ fn copy_migrations_skips_existing_and_migration_names_are_snake_case() {
         lines(&again),
         [
             "identical migrations/2026-11-27-000001_create_checkpoint_tables",
-            "identical migrations/2026-11-29-000001_create_checkpoint_attempts"
+            "identical migrations/2026-11-29-000001_create_checkpoint_attempts",
+            "identical migrations/2026-11-30-000001_index_created_at"
         ]
     );
     let other = checkpoint(&["copy-migrations", "--backend", "sqlite"], dir.path());
@@ -304,7 +396,8 @@ fn copy_migrations_skips_existing_and_migration_names_are_snake_case() {
         lines(&other),
         [
             "exists migrations/2026-11-27-000001_create_checkpoint_tables",
-            "exists migrations/2026-11-29-000001_create_checkpoint_attempts"
+            "exists migrations/2026-11-29-000001_create_checkpoint_attempts",
+            "exists migrations/2026-11-30-000001_index_created_at"
         ],
         "a different migration is left alone"
     );
@@ -372,9 +465,14 @@ fn migrate_on_server(
             "applied 20261127000001",
             "applied 20261128000001",
             "applied 20261129000001",
+            "applied 20261130000001",
         ]
     } else {
-        &["applied 20261127000001", "applied 20261129000001"]
+        &[
+            "applied 20261127000001",
+            "applied 20261129000001",
+            "applied 20261130000001",
+        ]
     };
     assert_eq!(lines(&migrated), expected, "{}", text(&migrated.stderr));
     assert_eq!(lines(&run("migrate")), ["up to date"]);

@@ -25,7 +25,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
-pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
+pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
 pub(crate) use self::url::mask_password;

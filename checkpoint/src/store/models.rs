@@ -194,3 +194,23 @@ pub struct DedupKey<'a> {
     /// Checksum or handler-defined duplicate key.
     pub checksum: &'a str,
 }
+
+/// A table retention prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrunedTable {
+    /// `checkpoint_events`.
+    Events,
+    /// `checkpoint_failures`.
+    Failures,
+}
+
+impl PrunedTable {
+    /// `events` or `failures` (the metric label and the CLI's word).
+    pub fn name(self) -> &'static str {
+        match self {
+            PrunedTable::Events => "events",
+            PrunedTable::Failures => "failures",
+        }
+    }
+}

@@ -9,7 +9,7 @@ use diesel::prelude::{
 };
 use diesel_async::RunQueryDsl;
 
-use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure};
+use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 use super::schema::{
     checkpoint_attempts as at, checkpoint_events as ev, checkpoint_failures as fl,
     checkpoint_owners as ow,
@@ -159,6 +159,30 @@ macro_rules! filtered {
 /// Lists `$table` rows as `$model`: PostgreSQL sorts NULL above every value, so it needs an
 /// explicit `NULLS LAST`; SQLite and MySQL sort NULL below every value, so `DESC` already puts
 /// NULLs last (and matches their indexes).
+/// Deletes at most `$limit` rows of `$t` created before `$cutoff`, oldest ids first: their
+/// ids are read first, then deleted by id (MySQL cannot take a `LIMIT` in a subquery on the
+/// table it deletes from, and diesel builds no `DELETE … LIMIT`).
+macro_rules! prune_batch {
+    ($conn:expr, $t:ident, $cutoff:expr, $limit:expr) => {{
+        let (cutoff, limit): (chrono::NaiveDateTime, i64) = ($cutoff, $limit);
+        let oldest = $t::table
+            .select($t::id)
+            .filter($t::created_at.lt(cutoff))
+            .order($t::id)
+            .limit(limit);
+        let ids: Result<Vec<i64>, diesel::result::Error> =
+            dispatch!($conn, c => oldest.load::<i64>(&mut **c).await);
+        match ids {
+            Ok(ids) if ids.is_empty() => Ok(0),
+            Ok(ids) => {
+                let delete = diesel::delete($t::table.filter($t::id.eq_any(ids)));
+                dispatch!($conn, c => delete.execute(&mut **c).await)
+            }
+            Err(error) => Err(error),
+        }
+    }};
+}
+
 macro_rules! list_rows {
     ($conn:expr, $table:ident, $model:ty, $q:expr) => {{
         let q: &ListQuery = $q;
@@ -624,6 +648,41 @@ impl Conn<'_> {
         count.map_err(|e| self.query_error(e))
     }
 
+    /// Deletes at most `limit` rows of `table` created before `cutoff` (UTC), oldest first,
+    /// autocommitted, and returns how many went. Retention calls it until it
+    /// returns less than `limit`, so no statement holds its locks for long.
+    pub async fn prune_batch(
+        &mut self,
+        table: PrunedTable,
+        cutoff: chrono::NaiveDateTime,
+        limit: i64,
+    ) -> StoreResult<usize> {
+        let deleted = match table {
+            PrunedTable::Events => prune_batch!(self, ev, cutoff, limit),
+            PrunedTable::Failures => prune_batch!(self, fl, cutoff, limit),
+        };
+        deleted.map_err(|e| self.query_error(e))
+    }
+
+    /// Rows of `table` created before `cutoff` (UTC): what a prune would delete.
+    pub async fn count_older(
+        &mut self,
+        table: PrunedTable,
+        cutoff: chrono::NaiveDateTime,
+    ) -> StoreResult<i64> {
+        let counted = match table {
+            PrunedTable::Events => {
+                let query = ev::table.filter(ev::created_at.lt(cutoff)).count();
+                dispatch!(self, c => query.get_result::<i64>(&mut **c).await)
+            }
+            PrunedTable::Failures => {
+                let query = fl::table.filter(fl::created_at.lt(cutoff)).count();
+                dispatch!(self, c => query.get_result::<i64>(&mut **c).await)
+            }
+        };
+        counted.map_err(|e| self.query_error(e))
+    }
+
     /// Deletes the failure with this id; false if there was none.
     pub async fn delete_failure(&mut self, id: i64) -> StoreResult<bool> {
         let query = diesel::delete(fl::table.find(id));
@@ -898,5 +957,28 @@ impl Store {
     /// See [`Conn::delete_failure`].
     pub async fn delete_failure(&self, id: i64) -> StoreResult<bool> {
         self.conn().await?.conn().delete_failure(id).await
+    }
+
+    /// See [`Conn::prune_batch`].
+    pub async fn prune_batch(
+        &self,
+        table: PrunedTable,
+        cutoff: chrono::NaiveDateTime,
+        limit: i64,
+    ) -> StoreResult<usize> {
+        self.conn()
+            .await?
+            .conn()
+            .prune_batch(table, cutoff, limit)
+            .await
+    }
+
+    /// See [`Conn::count_older`].
+    pub async fn count_older(
+        &self,
+        table: PrunedTable,
+        cutoff: chrono::NaiveDateTime,
+    ) -> StoreResult<i64> {
+        self.conn().await?.conn().count_older(table, cutoff).await
     }
 }

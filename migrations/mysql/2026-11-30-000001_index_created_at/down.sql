@@ -1,0 +1,2 @@
+DROP INDEX checkpoint_failures_created_at_idx ON checkpoint_failures;
+DROP INDEX checkpoint_events_created_at_idx ON checkpoint_events;
