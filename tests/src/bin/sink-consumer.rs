@@ -3,6 +3,9 @@
 //! `sink-consumer BOOTSTRAP_SERVERS TOPIC GROUP DATABASE_URL [effects DELAY_MS [HANG_ON_ID]]`:
 //! by default the transactional [`Sink`]; with `effects`, the per-message [`Effects`] handler
 //! (side effect outside the transaction, `DELAY_MS` per order, `max_retries = 2`).
+//!
+//! `CHECKPOINT_TEST_CONSUMER_LOG=<filter>` (e.g. `checkpoint=debug`) turns its logs on: to
+//! `<pid>.log` in the folder `CHECKPOINT_TEST_CONSUMER_LOG_DIR` names, else to standard error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,22 @@ const USAGE: &str = "usage: sink-consumer BOOTSTRAP_SERVERS TOPIC GROUP DATABASE
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The suites remove RUST_LOG from their children; this variable turns their logs on.
+    // Each process writes its own file, `<pid>.log`, in CHECKPOINT_TEST_CONSUMER_LOG_DIR
+    // (default: standard error).
+    if let Ok(filter) = std::env::var("CHECKPOINT_TEST_CONSUMER_LOG") {
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter));
+        match std::env::var_os("CHECKPOINT_TEST_CONSUMER_LOG_DIR") {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("{}.log", std::process::id()));
+                let file = std::fs::File::create(path)?;
+                subscriber.with_writer(std::sync::Mutex::new(file)).init();
+            }
+            None => subscriber.with_writer(std::io::stderr).init(),
+        }
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (servers, topic, group, database) = match args.as_slice() {
         [servers, topic, group, database, ..] => (servers, topic, group, database),
