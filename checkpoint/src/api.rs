@@ -4,6 +4,8 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /ping` | `PONG` (text) |
+//! | `GET /health/live` | 200 `{"live":true}` while the process answers |
+//! | `GET /health/ready` | 200 when the database answers and every listener has joined its group, else 503; the body says which check failed |
 //! | `GET /v1/events` | array of events (`limit`, `offset`, `entity_id`, `topic`, `group_id`, `event_type`) |
 //! | `GET /v1/events/{id}` | one event |
 //! | `POST /v1/events/{id}/retry` | `{"acknowledged":bool}` |
@@ -137,6 +139,16 @@ pub struct ApiState {
     handlers: Arc<dyn HandlerLookup>,
     token: Option<Arc<str>>,
     metrics: Option<PrometheusHandle>,
+    listeners: Arc<[ListenerProbe]>,
+}
+
+/// A running listener whose group membership `/health/ready` checks.
+#[derive(Debug, Clone)]
+pub struct ListenerProbe {
+    /// The listener's id.
+    pub listener_id: String,
+    /// Its live counters (see [`Listener::stats`](crate::listener::Listener::stats)).
+    pub stats: Arc<crate::listener::ListenerStats>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -159,7 +171,15 @@ impl ApiState {
             handlers: Arc::new(Handlers::new()),
             token: None,
             metrics: None,
+            listeners: Arc::new([]),
         }
+    }
+
+    /// The listeners `/health/ready` waits for (none: readiness is the database alone, as in
+    /// `checkpoint api`).
+    pub fn listeners(mut self, listeners: impl IntoIterator<Item = ListenerProbe>) -> Self {
+        self.listeners = listeners.into_iter().collect();
+        self
     }
 
     /// Sets the handlers the retry routes use.
@@ -384,6 +404,8 @@ pub fn router(state: ApiState) -> Router {
     let auth_state = state.clone();
     Router::new()
         .route("/ping", get(ping))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .route("/v1/events", get(list_events))
@@ -483,6 +505,85 @@ async fn not_found() -> ApiError {
 
 async fn ping() -> &'static str {
     "PONG"
+}
+
+/// How long `/health/ready` waits for the database.
+const READY_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The body of `/health/live`.
+#[derive(Debug, serde::Serialize)]
+struct Liveness {
+    live: bool,
+}
+
+async fn live() -> Json<Liveness> {
+    Json(Liveness { live: true })
+}
+
+/// The body of `/health/ready`.
+#[derive(Debug, serde::Serialize)]
+struct Readiness {
+    ready: bool,
+    database: Check,
+    listeners: Vec<ListenerReadiness>,
+}
+
+/// One check: passed, or why not.
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ListenerReadiness {
+    listener_id: String,
+    joined: bool,
+    assigned_partitions: usize,
+}
+
+async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
+    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Check {
+            ok: true,
+            error: None,
+        },
+        Ok(Err(error)) => Check {
+            ok: false,
+            error: Some(error.to_string()),
+        },
+        Err(_) => Check {
+            ok: false,
+            error: Some(format!("no answer within {READY_DB_TIMEOUT:?}")),
+        },
+    };
+    let listeners: Vec<ListenerReadiness> = state
+        .listeners
+        .iter()
+        .map(|probe| {
+            let stats = probe.stats.snapshot();
+            ListenerReadiness {
+                listener_id: probe.listener_id.clone(),
+                joined: stats.joined,
+                assigned_partitions: stats.assigned_partitions,
+            }
+        })
+        .collect();
+    let ready = database.ok && listeners.iter().all(|l| l.joined);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            database,
+            listeners,
+        }),
+    )
 }
 
 async fn metrics_text(State(state): State<ApiState>) -> ApiResult<Response> {
@@ -787,6 +888,19 @@ pub fn openapi_document() -> Value {
                             {\"error\":true,\"message\":\"…\"}."
         },
         "paths": {
+            "/health/live": {"get": {
+                "summary": "liveness: the process answers",
+                "responses": {"200": {"description": "alive",
+                    "content": {"application/json": {"schema": {"type": "object",
+                        "properties": {"live": {"type": "boolean"}}}}}}}
+            }},
+            "/health/ready": {"get": {
+                "summary": "readiness: the database answers and every listener has joined its group",
+                "responses": {
+                    "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}},
+                    "503": {"description": "not ready; the body says which check failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
+                }
+            }},
             "/ping": {"get": {
                 "summary": "liveness",
                 "responses": {"200": {"description": "PONG",
@@ -901,6 +1015,15 @@ pub fn openapi_document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                 "description": "required on POST and DELETE when a token is configured"}},
             "schemas": {
+                "Readiness": {"type": "object", "required": ["ready", "database", "listeners"], "properties": {
+                    "ready": {"type": "boolean"},
+                    "database": {"type": "object", "properties": {
+                        "ok": {"type": "boolean"}, "error": {"type": "string"}}},
+                    "listeners": {"type": "array", "items": {"type": "object", "properties": {
+                        "listener_id": {"type": "string"},
+                        "joined": {"type": "boolean"},
+                        "assigned_partitions": {"type": "integer"}}}}
+                }},
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
                     "error": {"type": "boolean", "enum": [true]},
                     "message": {"type": "string"}

@@ -53,6 +53,15 @@ pub enum AppError {
     /// Two handlers were registered under one name.
     #[error("two handlers are registered as `{0}`")]
     DuplicateHandler(String),
+    /// The API could not listen on its address.
+    #[error("cannot serve the API on {addr}: {source}")]
+    Api {
+        /// The configured `[api] bind`.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Builds an [`App`].
@@ -112,6 +121,7 @@ impl AppBuilder {
             engine: Engine::new(store),
             handlers: self.handlers,
             config,
+            api: None,
         })
     }
 }
@@ -121,6 +131,8 @@ pub struct App {
     engine: Engine,
     handlers: BTreeMap<String, Arc<dyn Handler>>,
     config: Config,
+    /// The API's socket, once bound.
+    api: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for App {
@@ -171,7 +183,25 @@ impl App {
             .collect()
     }
 
-    /// Runs every listener until SIGINT or SIGTERM, then shuts them down cleanly.
+    /// Binds the API's socket now (with `[api] enabled`) and returns its address, for a bind
+    /// to port 0 or to fail early on a port in use; [`App::run`] binds it otherwise.
+    pub async fn bind_api(&mut self) -> Result<Option<std::net::SocketAddr>, AppError> {
+        if !self.config.api.enabled {
+            return Ok(None);
+        }
+        let addr = self.config.api.bind;
+        let error = |source| AppError::Api { addr, source };
+        if self.api.is_none() {
+            self.api = Some(tokio::net::TcpListener::bind(addr).await.map_err(error)?);
+        }
+        match &self.api {
+            Some(listener) => listener.local_addr().map(Some).map_err(error),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs every listener (and, with `[api] enabled`, the API) until SIGINT or SIGTERM, then
+    /// shuts them down cleanly.
     pub async fn run(self) -> Result<(), AppError> {
         self.run_until(shutdown_signal()).await
     }
@@ -179,7 +209,32 @@ impl App {
     /// Runs every listener until `shutdown` completes, then shuts them down cleanly. With a
     /// `[retention]` table, old rows are pruned meanwhile (see [`crate::retention`]); a prune
     /// in progress stops after its current batch.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let listeners = self.listeners();
+        let api = match self.bind_api().await? {
+            Some(addr) => Some((addr, self.api.take())),
+            None => None,
+        };
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = match api {
+            Some((addr, Some(socket))) => {
+                use crate::api::{ApiState, Handlers, ListenerProbe, prometheus, router, serve};
+                let probes = listeners.iter().map(|l| ListenerProbe {
+                    listener_id: l.listener_id().to_owned(),
+                    stats: l.stats(),
+                });
+                let state = ApiState::new(self.engine.clone())
+                    .handlers(Handlers::for_app(&self, &self.config))
+                    .token(self.config.api.token.clone())
+                    .metrics(prometheus())
+                    .listeners(probes);
+                tracing::info!(target: "checkpoint", %addr, "API, /metrics and /health/* served");
+                Some(tokio::spawn(serve(socket, router(state), async {
+                    let _ = api_stopped.await;
+                })))
+            }
+            _ => None,
+        };
         let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
         let pruning = self.config.retention.clone().map(|retention| {
             tokio::spawn(crate::retention::run_periodically(
@@ -188,8 +243,20 @@ impl App {
                 pruning_stopped,
             ))
         });
-        let result = self.run_listeners(shutdown).await;
+        let result = run_listeners(listeners, shutdown).await;
         let _ = stop_pruning.send(true);
+        let _ = stop_api.send(());
+        if let Some(serving) = serving {
+            match serving.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "checkpoint", %error, "the API stopped with an error");
+                }
+                Err(join) => {
+                    tracing::warn!(target: "checkpoint", error = %join, "the API task ended abnormally");
+                }
+            }
+        }
         if let Some(pruning) = pruning
             && let Err(join) = pruning.await
         {
@@ -197,44 +264,49 @@ impl App {
         }
         result
     }
+}
 
-    async fn run_listeners(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut tasks = tokio::task::JoinSet::new();
-        for listener in self.listeners() {
-            let mut stopped = stop.subscribe();
-            tasks.spawn(listener.run(async move {
-                let _ = stopped.recv().await;
-            }));
-        }
-        tokio::pin!(shutdown);
-        tokio::select! {
-            () = &mut shutdown => {}
-            Some(result) = tasks.join_next() => {
-                // A listener ended on its own: stop the others too and report it. A listener
-                // only ends before shutdown when it cannot go on, so an `Ok` here is an error
-                // too: the application must not look healthy with a listener gone.
-                let _ = stop.send(());
-                while tasks.join_next().await.is_some() {}
-                flatten(result)?;
-                return Err(AppError::ListenerTask(
-                    "a listener stopped before shutdown was requested".to_owned(),
-                ));
-            }
-        }
-        let _ = stop.send(());
-        // Every listener drains before the first error is reported: returning early would
-        // drop the others mid-shutdown.
-        let mut first_error = Ok(());
-        while let Some(result) = tasks.join_next().await {
-            if let Err(error) = flatten(result)
-                && first_error.is_ok()
-            {
-                first_error = Err(error);
-            }
-        }
-        first_error
+/// Runs `listeners` until `shutdown`, or until one of them cannot go on; then stops and
+/// drains them all.
+async fn run_listeners(
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stopped = stop.subscribe();
+        tasks.spawn(listener.run(async move {
+            let _ = stopped.recv().await;
+        }));
     }
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some(result) = tasks.join_next() => {
+            // A listener ended on its own: stop the others too and report it. A listener
+            // only ends before shutdown when it cannot go on, so an `Ok` here is an error
+            // too: the application must not look healthy with a listener gone.
+            let _ = stop.send(());
+            while tasks.join_next().await.is_some() {}
+            flatten(result)?;
+            return Err(AppError::ListenerTask(
+                "a listener stopped before shutdown was requested".to_owned(),
+            ));
+        }
+    }
+    let _ = stop.send(());
+    // Every listener drains before the first error is reported: returning early would
+    // drop the others mid-shutdown.
+    let mut first_error = Ok(());
+    while let Some(result) = tasks.join_next().await {
+        if let Err(error) = flatten(result)
+            && first_error.is_ok()
+        {
+            first_error = Err(error);
+        }
+    }
+    first_error
 }
 
 fn flatten(

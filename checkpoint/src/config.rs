@@ -12,7 +12,8 @@
 //! [db_checkpoint]
 //! max_retries = 3               # for handlers that set none; absent = retry forever
 //!
-//! [api]
+//! [api]                         # served by an App next to its listeners
+//! enabled = true                # default true: API, /metrics, /health/live, /health/ready
 //! bind = "127.0.0.1:9292"       # default 127.0.0.1:9292
 //! token = "${CHECKPOINT_API_TOKEN:-}"   # empty = no token
 //!
@@ -176,6 +177,9 @@ pub struct DbCheckpointConfig {
 /// `[api]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiConfig {
+    /// An [`App`](crate::App) serves the API, `/metrics` and the health checks next to its
+    /// listeners (default `true`).
+    pub enabled: bool,
     /// Address the HTTP API listens on (default `127.0.0.1:9292`).
     pub bind: SocketAddr,
     /// Bearer token the API requires; `None` (also for an empty string) = no token.
@@ -185,6 +189,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 9292)),
             token: None,
         }
@@ -195,6 +200,7 @@ impl Default for ApiConfig {
 impl fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiConfig")
+            .field("enabled", &self.enabled)
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .finish()
@@ -350,6 +356,7 @@ struct RawDbCheckpoint {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
+    enabled: Option<bool>,
     bind: Option<String>,
     token: Option<String>,
 }
@@ -765,7 +772,11 @@ impl Ctx<'_> {
             kafka,
             database,
             db_checkpoint: DbCheckpointConfig { max_retries },
-            api: ApiConfig { bind, token },
+            api: ApiConfig {
+                enabled: raw.api.enabled.unwrap_or(true),
+                bind,
+                token,
+            },
             retention,
             listeners,
             source: self.source.to_owned(),
@@ -1144,6 +1155,7 @@ mod tests {
                 },
                 db_checkpoint: DbCheckpointConfig { max_retries: None },
                 api: ApiConfig {
+                    enabled: true,
                     bind: "127.0.0.1:9292".parse().expect("address"),
                     token: None
                 },
@@ -1325,7 +1337,8 @@ token = "${EMPTY:-from-default}"
     fn unknown_keys_are_named_with_the_valid_ones() {
         assert_eq!(
             error(&format!("{DATABASE}[api]\nport = 1\n")),
-            "checkpoint.toml: api.port: unknown key `port`, expected `bind` or `token` (line 4)"
+            "checkpoint.toml: api.port: unknown key `port`, expected one of `enabled`, `bind`, \
+             `token` (line 4)"
         );
         assert_eq!(
             error(&format!("{DATABASE}[listener]\nhandler = \"h\"\n")),

@@ -260,6 +260,8 @@ pub struct ListenerStats {
     failed: AtomicU64,
     retries: AtomicU64,
     queued_bytes: AtomicUsize,
+    assigned: AtomicUsize,
+    joined: AtomicBool,
 }
 
 /// A snapshot of [`ListenerStats`].
@@ -279,6 +281,11 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// Bytes of received messages not yet settled (see `max_queued_bytes`).
     pub queued_bytes: usize,
+    /// Partitions assigned to this listener now.
+    pub assigned_partitions: usize,
+    /// The listener is running and has joined its group: it received an assignment, possibly
+    /// an empty one (a group with more consumers than partitions leaves some idle).
+    pub joined: bool,
 }
 
 impl StatsSnapshot {
@@ -299,6 +306,38 @@ impl ListenerStats {
             failed: self.failed.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
+            assigned_partitions: self.assigned.load(Ordering::Relaxed),
+            joined: self.joined.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A rebalance assigned (`Some(true)`) or revoked (`Some(false)`) `count` partitions,
+    /// incrementally or (eager) all of them; `None`: the listener left its group.
+    fn rebalanced(&self, change: Option<(bool, usize)>, incremental: bool) {
+        match change {
+            Some((true, count)) => {
+                if incremental {
+                    self.assigned.fetch_add(count, Ordering::Relaxed);
+                } else {
+                    self.assigned.store(count, Ordering::Relaxed);
+                }
+                self.joined.store(true, Ordering::Relaxed);
+            }
+            Some((false, count)) => {
+                if incremental {
+                    let _ = self
+                        .assigned
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(count))
+                        });
+                } else {
+                    self.assigned.store(0, Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.assigned.store(0, Ordering::Relaxed);
+                self.joined.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -493,6 +532,15 @@ impl Drop for Busy {
     }
 }
 
+/// Shows the listener out of its group in its stats when it ends, however it ends.
+struct Left(Arc<ListenerStats>);
+
+impl Drop for Left {
+    fn drop(&mut self) {
+        self.0.rebalanced(None, false);
+    }
+}
+
 /// Marks the assignment closing when the listener ends, however it ends, so the rebalance
 /// callback run by closing the consumer does not wait for workers that are gone.
 struct Closing(Arc<Assignment>);
@@ -511,6 +559,7 @@ struct ListenerContext {
     /// `partition.assignment.strategy` is cooperative: (un)assign incrementally.
     cooperative: bool,
     assignment: Arc<Assignment>,
+    stats: Arc<ListenerStats>,
 }
 
 impl ClientContext for ListenerContext {}
@@ -560,6 +609,8 @@ impl ConsumerContext for ListenerContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.stats
+                    .rebalanced(Some((true, partitions.count())), self.cooperative);
                 // librdkafka keeps a partition's pause flag across unassign and assign: one
                 // paused (backing off) when it was revoked would never fetch again.
                 if let Err(error) = consumer.resume(partitions) {
@@ -571,7 +622,9 @@ impl ConsumerContext for ListenerContext {
                     "partitions assigned"
                 );
             }
-            Rebalance::Revoke(_) => {
+            Rebalance::Revoke(partitions) => {
+                self.stats
+                    .rebalanced(Some((false, partitions.count())), self.cooperative);
                 tracing::info!(target: "checkpoint", listener_id = %self.listener_id, "partitions revoked");
             }
             Rebalance::Error(error) => {
@@ -782,6 +835,11 @@ impl Listener {
         }
     }
 
+    /// Its id, `group_id/topic` unless set otherwise.
+    pub fn listener_id(&self) -> &str {
+        &self.spec.listener_id
+    }
+
     /// Its counters, shared: read them while it runs.
     pub fn stats(&self) -> Arc<ListenerStats> {
         Arc::clone(&self.stats)
@@ -800,6 +858,7 @@ impl Listener {
     /// survive a query interrupted mid-flight, so its pooled connections must not be reused.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ListenerError> {
         let listener_id = self.spec.listener_id.clone();
+        let _left = Left(Arc::clone(&self.stats));
         let kafka_error = |source| ListenerError::Kafka {
             listener_id: listener_id.clone(),
             source,
@@ -814,6 +873,7 @@ impl Listener {
                 .get("partition.assignment.strategy")
                 .is_some_and(|s| s.contains("cooperative")),
             assignment: Arc::clone(&assignment),
+            stats: Arc::clone(&self.stats),
         };
         let consumer: Consumer_ = self
             .spec

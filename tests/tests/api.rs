@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use checkpoint::api::{self, ApiState, Handlers};
+use checkpoint::api::{self, ApiState, Handlers, ListenerProbe};
 use checkpoint::handler::Handler;
 use checkpoint::store::{ListQuery, NewEvent, NewFailure};
 use checkpoint::{Disposition, Engine, Message, Origin};
@@ -194,6 +194,31 @@ async fn ping_answers_pong(db: TestDb) {
     let (status, body) = get(&router, "/ping").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, Value::String("PONG".into()));
+    db.cleanup().await;
+}
+
+/// Readiness is the database and every listener's membership: a listener that has not
+/// joined its group makes it 503 and is named; live answers regardless.
+async fn readiness_names_what_is_not_ready(db: TestDb) {
+    let (status, body) = get(&plain(&db), "/health/ready").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"ready": true, "database": {"ok": true}, "listeners": []})
+    );
+    let waiting = api::router(state(&db).listeners([ListenerProbe {
+        listener_id: "billing/orders".to_owned(),
+        stats: Arc::default(),
+    }]));
+    let (status, body) = get(&waiting, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body["listeners"],
+        json!([{"listener_id": "billing/orders", "joined": false, "assigned_partitions": 0}])
+    );
+    assert_eq!(body["ready"], json!(false));
+    let (status, body) = get(&waiting, "/health/live").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"live": true})));
     db.cleanup().await;
 }
 
@@ -754,6 +779,8 @@ async fn openapi_agrees_with_routes(db: TestDb) {
     documented.sort();
     let mut expected = vec![
         "GET /ping",
+        "GET /health/live",
+        "GET /health/ready",
         "GET /metrics",
         "GET /openapi.json",
         "GET /v1/events",
@@ -772,6 +799,7 @@ async fn openapi_agrees_with_routes(db: TestDb) {
 
 on_every_backend!(
     ping_answers_pong,
+    readiness_names_what_is_not_ready,
     event_renders_every_field,
     list_limit_offset_and_filters,
     default_limit_is_twenty,
@@ -798,6 +826,12 @@ async fn unreachable_database_is_503() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
         assert_eq!(body, error_body("database unavailable"));
     }
+    let (status, body) = get(&router, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["database"]["ok"], json!(false), "{body}");
+    assert!(body["database"]["error"].is_string(), "{body}");
+    let (status, _) = get(&router, "/health/live").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -358,6 +358,9 @@ async fn an_app_runs_its_configured_listeners(db: TestDb) {
 [database]
 url = "{}"
 
+[api]
+bind = "127.0.0.1:0"
+
 [[listeners]]
 handler = "sink"
 topic = "{topic}"
@@ -377,22 +380,65 @@ backoff = {{ min_ms = 10, max_ms = 100 }}
         unregistered.to_string(),
         "app.toml: listeners[0].handler: no handler named `sink` is registered (no handlers are registered)"
     );
-    let app = App::builder()
+    let mut app = App::builder()
         .handler(Sink)
         .config(config)
         .build()
         .await
         .expect("app");
+    let api = app
+        .bind_api()
+        .await
+        .expect("bind")
+        .expect("the API is on by default");
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
+    // The App serves the health checks next to its listener: ready once it joined its group.
+    let mut ready = None;
+    wait_until(TIMEOUT, "/health/ready to answer 200", || {
+        let answer = http_get(api, "/health/ready");
+        let ok = answer.as_ref().is_some_and(|(status, _)| *status == 200);
+        ready = answer;
+        std::future::ready(ok)
+    })
+    .await;
+    let (_, body) = ready.expect("an answer");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["database"]["ok"], true, "{body}");
+    assert_eq!(body["listeners"][0]["listener_id"], "app/orders", "{body}");
+    assert_eq!(body["listeners"][0]["assigned_partitions"], 3, "{body}");
+    assert_eq!(http_get(api, "/health/live").map(|(s, _)| s), Some(200));
+    let metrics = http_get(api, "/metrics").expect("metrics");
+    assert_eq!(metrics.0, 200);
     wait_for_all(&db, unique.len(), poison).await;
     wait_for_commits(&cluster, topic, group, 3).await;
     stop.send(()).expect("stop");
     running.await.expect("join").expect("app ran");
+    assert!(
+        std::net::TcpStream::connect(api).is_err(),
+        "the API stops with the app"
+    );
     assert_exactly_once(&db, &cluster, topic, group, unique.len(), poison, 3).await;
     db.cleanup().await;
+}
+
+/// One plain HTTP/1.1 GET: the status and the body, or `None` when nothing answers.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
 }
 
 mod app {
