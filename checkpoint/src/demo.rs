@@ -203,12 +203,16 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     .kafka("heartbeat.interval.ms", "500");
     let handler: Arc<dyn crate::handler::Handler> = Arc::new(DemoOrders);
     let engine = Engine::new(store.clone());
+    let listener = Listener::new(spec, engine.clone());
+    let stats = listener.stats();
+    let probe = crate::api::ListenerProbe {
+        listener_id: listener.listener_id().to_owned(),
+        stats: Arc::clone(&stats),
+    };
     let api = match options.bind {
-        Some(addr) => Some(start_api(addr, &engine, &handler).await?),
+        Some(addr) => Some(start_api(addr, &engine, &handler, probe).await?),
         None => None,
     };
-    let listener = Listener::new(spec, engine);
-    let stats = listener.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(listener.run(async {
         let _ = stopped.await;
@@ -282,6 +286,7 @@ async fn start_api(
     addr: std::net::SocketAddr,
     engine: &Engine,
     handler: &Arc<dyn crate::handler::Handler>,
+    probe: crate::api::ListenerProbe,
 ) -> Result<RunningApi, DemoError> {
     use crate::api::{ApiState, Handlers, prometheus, router, serve};
     let listener = tokio::net::TcpListener::bind(addr)
@@ -292,14 +297,17 @@ async fn start_api(
         .map_err(|source| DemoError::Api { addr, source })?;
     let state = ApiState::new(engine.clone())
         .handlers(Handlers::new().register(TOPIC, GROUP, Arc::clone(handler)))
-        .metrics(prometheus());
+        .metrics(prometheus())
+        .listeners([probe]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, router(state), async {
         let _ = stopped.await;
     }));
-    println!(
-        "API on http://{local}  (try /v1/events?limit=5, /v1/failures, /metrics, /openapi.json)"
-    );
+    println!("API on http://{local}");
+    println!("  events   http://{local}/v1/events?limit=5  http://{local}/v1/failures");
+    println!("  metrics  http://{local}/metrics");
+    println!("  health   http://{local}/health/live  http://{local}/health/ready");
+    println!("  OpenAPI  http://{local}/openapi.json");
     Ok((stop, served))
 }
 

@@ -23,6 +23,7 @@
 //!   `shutdown_timeout`), commit what is settled, leave the group.
 
 mod headers;
+pub mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -229,6 +230,7 @@ impl ListenerSpec {
             .set("auto.commit.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")
             .set("fetch.queue.backoff.ms", "10")
+            .set("statistics.interval.ms", telemetry::STATISTICS_INTERVAL_MS)
             .set_log_level(RDKafkaLogLevel::Warning);
         for (key, value) in &self.kafka {
             config.set(key, value);
@@ -560,9 +562,15 @@ struct ListenerContext {
     cooperative: bool,
     assignment: Arc<Assignment>,
     stats: Arc<ListenerStats>,
+    labels: telemetry::Labels,
 }
 
-impl ClientContext for ListenerContext {}
+impl ClientContext for ListenerContext {
+    /// librdkafka's statistics, every `statistics.interval.ms`: consumer lag per partition.
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.labels.statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for ListenerContext {
     /// rdkafka's default asks librdkafka for the rebalance protocol from inside the callback,
@@ -611,6 +619,7 @@ impl ConsumerContext for ListenerContext {
             Rebalance::Assign(partitions) => {
                 self.stats
                     .rebalanced(Some((true, partitions.count())), self.cooperative);
+                self.labels.rebalanced(true, &partition_ids(partitions));
                 // librdkafka keeps a partition's pause flag across unassign and assign: one
                 // paused (backing off) when it was revoked would never fetch again.
                 if let Err(error) = consumer.resume(partitions) {
@@ -625,6 +634,7 @@ impl ConsumerContext for ListenerContext {
             Rebalance::Revoke(partitions) => {
                 self.stats
                     .rebalanced(Some((false, partitions.count())), self.cooperative);
+                self.labels.rebalanced(false, &partition_ids(partitions));
                 tracing::info!(target: "checkpoint", listener_id = %self.listener_id, "partitions revoked");
             }
             Rebalance::Error(error) => {
@@ -632,6 +642,14 @@ impl ConsumerContext for ListenerContext {
             }
         }
     }
+}
+
+fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect()
 }
 
 /// Commits the stored offsets synchronously; "nothing to commit" is not an error, and a commit
@@ -740,6 +758,8 @@ struct Flow {
     changed: Notify,
     /// Why the worker stopped with an error, for the receive loop.
     error: Mutex<Option<EngineError>>,
+    /// When the worker last settled a message (Unix milliseconds; 0: not yet).
+    last_settled_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Flow {
@@ -802,6 +822,7 @@ struct Shared {
     budget: Arc<Budget>,
     permits: Semaphore,
     stopping: watch::Receiver<bool>,
+    labels: telemetry::Labels,
 }
 
 impl Shared {
@@ -874,6 +895,7 @@ impl Listener {
                 .is_some_and(|s| s.contains("cooperative")),
             assignment: Arc::clone(&assignment),
             stats: Arc::clone(&self.stats),
+            labels: telemetry::Labels::new(&self.spec.topic, &self.spec.group_id),
         };
         let consumer: Consumer_ = self
             .spec
@@ -895,6 +917,7 @@ impl Listener {
                 partitions: AtomicUsize::new(0),
                 drained: Notify::new(),
             }),
+            labels: telemetry::Labels::new(&self.spec.topic, &self.spec.group_id),
             spec: self.spec,
             engine: self.engine,
             consumer: Arc::clone(&consumer),
@@ -909,12 +932,19 @@ impl Listener {
         let closing = Closing(Arc::clone(&assignment));
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut published = tokio::time::Instant::now();
         let mut outage = 0;
         let mut failure = None;
         loop {
             let received = tokio::select! {
                 () = &mut shutdown => break,
-                _ = sweep.tick() => None,
+                _ = sweep.tick() => {
+                    if published.elapsed() >= telemetry::REFRESH_EVERY {
+                        published = tokio::time::Instant::now();
+                        publish(&shared, &workers);
+                    }
+                    None
+                }
                 () = shared.budget.drained.notified() => None,
                 received = consumer.recv() => Some(received),
             };
@@ -1034,6 +1064,35 @@ impl Listener {
         tracing::info!(target: "checkpoint", %listener_id, "listener stopped");
         Ok(())
     }
+}
+
+/// Refreshes the listener's gauges.
+fn publish(shared: &Shared, workers: &HashMap<i32, PartitionWorker>) {
+    let stats = shared.stats.snapshot();
+    let mut gauges = telemetry::Gauges {
+        assigned: stats.assigned_partitions,
+        queued_bytes: stats.queued_bytes,
+        in_flight: shared
+            .spec
+            .max_concurrency
+            .max(1)
+            .saturating_sub(shared.permits.available_permits()),
+        ..telemetry::Gauges::default()
+    };
+    for (&partition, worker) in workers {
+        if worker.revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        let flow = &worker.flow;
+        gauges.paused += usize::from(flow.is_paused());
+        gauges.backing_off += usize::from(flow.backing_off.load(Ordering::SeqCst));
+        gauges.queued_messages += flow.depth.load(Ordering::SeqCst);
+        let settled = flow.last_settled_ms.load(Ordering::Relaxed);
+        if settled > 0 {
+            gauges.last_settled.push((partition, settled));
+        }
+    }
+    shared.labels.publish(&gauges);
 }
 
 /// Looks at every worker: one that ended while its partition was still ours (not revoked, no
@@ -1343,6 +1402,7 @@ impl Progress for WorkerProgress<'_> {
             let retry = matches!(cause, WaitCause::Retry { .. });
             if retry {
                 self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.shared.labels.retried();
             }
             let gone = || retry && self.revoked.load(Ordering::SeqCst);
             if gone() {
@@ -1371,6 +1431,12 @@ impl Progress for WorkerProgress<'_> {
     /// dedups it.
     fn settled(&self, message: &Message, disposition: &Disposition) {
         self.shared.stats.count(disposition);
+        self.flow
+            .last_settled_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        if matches!(disposition, Disposition::Failed { .. }) {
+            self.shared.labels.failed();
+        }
         // Only where this attempt committed a row: a redelivered duplicate commits nothing.
         if matches!(
             disposition,

@@ -137,6 +137,10 @@ fn the_demo_runs_once_and_adds_fresh_events_on_every_run() {
         stdout.starts_with("API on http://127.0.0.1:"),
         "the demo serves the API: {stdout}"
     );
+    assert!(
+        stdout.contains("/health/ready") && stdout.contains("/metrics"),
+        "the demo prints where its health checks and metrics are: {stdout}"
+    );
     // The figure right after a summary label.
     let line = |name: &str, out: &str| -> String {
         out.lines()

@@ -424,6 +424,101 @@ backoff = {{ min_ms = 10, max_ms = 100 }}
     db.cleanup().await;
 }
 
+/// Passes the first 10 messages, holds the others until the gate opens.
+struct Gated(tokio::sync::watch::Receiver<bool>);
+
+impl Handler for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        _ctx: &'a mut Context<'_>,
+    ) -> checkpoint::handler::BoxFuture<'a, Result<Outcome, HandlerError>> {
+        Box::pin(async move {
+            if message.offset >= 10 {
+                let mut open = self.0.clone();
+                open.wait_for(|open| *open)
+                    .await
+                    .map_err(HandlerError::new)?;
+            }
+            Ok(Outcome::ack(message.offset.to_string(), Utc::now()))
+        })
+    }
+}
+
+/// The lag gauge of `topic`'s partition 0 in the Prometheus text, if reported yet.
+fn lag_of(text: &str, topic: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(checkpoint::listener::telemetry::CONSUMER_LAG))
+        .filter(|l| l.contains(&format!("topic=\"{topic}\"")) && l.contains("partition=\"0\""))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Consumer lag, from librdkafka's statistics: it rises while the handler is held and the
+/// offsets stand still, and falls back to 0 once everything is settled and committed. The
+/// other listener gauges are exported beside it.
+async fn lag_rises_while_a_handler_is_held_and_returns_to_zero(db: TestDb) {
+    let topic = "lagging";
+    let cluster = Cluster::new(topic, 1);
+    let messages: Vec<_> = (0..50)
+        .map(|i| {
+            (
+                0,
+                format!("k{i}"),
+                format!(r#"{{"id":"lag-{i}"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    cluster.produce(topic, &messages).await;
+    let metrics = checkpoint::api::prometheus();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let spec = spec(&cluster, Arc::new(Gated(gate)), topic, "lag")
+        .kafka("statistics.interval.ms", "200")
+        .kafka("auto.commit.interval.ms", "200");
+    let (stop, task) = start(spec, &db);
+    wait_until(TIMEOUT, "a lag of the 40 messages held back", || {
+        std::future::ready(lag_of(&metrics.render(), topic) == Some(40.0))
+    })
+    .await;
+    let text = metrics.render();
+    {
+        use checkpoint::listener::telemetry as t;
+        // Retries, failures and the last settled time appear once there is one.
+        for name in [
+            t::CONSUMER_LAG,
+            t::ASSIGNED,
+            t::PAUSED,
+            t::BACKING_OFF,
+            t::QUEUED_MESSAGES,
+            t::QUEUED_BYTES,
+            t::IN_FLIGHT,
+            t::REBALANCES,
+        ] {
+            assert!(text.contains(name), "{name} is exported: {text}");
+        }
+    }
+    open.send(true).expect("open the gate");
+    wait_until(TIMEOUT, "the lag back at 0", || {
+        std::future::ready(lag_of(&metrics.render(), topic) == Some(0.0))
+    })
+    .await;
+    // Gauges are refreshed once a second.
+    wait_until(TIMEOUT, "the time of the last settled message", || {
+        std::future::ready(
+            metrics
+                .render()
+                .contains(checkpoint::listener::telemetry::LAST_SETTLED),
+        )
+    })
+    .await;
+    stop.send(()).expect("stop");
+    task.await.expect("listener");
+    db.cleanup().await;
+}
+
 /// One plain HTTP/1.1 GET: the status and the body, or `None` when nothing answers.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -439,6 +534,16 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     let status = answer.split(' ').nth(1)?.parse().ok()?;
     let body = answer.split_once("\r\n\r\n")?.1.to_owned();
     Some((status, body))
+}
+
+mod lag {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_rises_while_a_handler_is_held_and_returns_to_zero() {
+        super::lag_rises_while_a_handler_is_held_and_returns_to_zero(
+            crate::support::TestDb::sqlite().await,
+        )
+        .await;
+    }
 }
 
 mod app {
