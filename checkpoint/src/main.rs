@@ -300,13 +300,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 progress: true,
             };
             let report = bench::run(&options).await.map_err(|e| one_line(&e))?;
-            if json {
-                let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-                println!("{text}");
-            } else {
-                print!("{}", bench::render(&report));
-            }
-            Ok(())
+            print_result(&report, json, bench::render)
         }
         Command::Chaos {
             kills,
@@ -342,13 +336,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 consumer_exe: std::env::current_exe().map_err(|e| e.to_string())?,
             };
             let rows = chaos::run(&options).await.map_err(|e| one_line(&e))?;
-            if json {
-                let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
-                println!("{text}");
-            } else {
-                print!("{}", chaos::render(&rows));
-            }
-            Ok(())
+            print_result(rows.as_slice(), json, chaos::render)
         }
         Command::ChaosConsumer { mode } => {
             let mode = mode.parse().map_err(|e| one_line(&e))?;
@@ -498,6 +486,21 @@ async fn prune(
             .await
             .map_err(|e| one_line(&e))?;
         println!("{pruned}");
+    }
+    Ok(())
+}
+
+/// Prints `result` as pretty JSON, or as `render` writes it.
+fn print_result<T: serde::Serialize + ?Sized>(
+    result: &T,
+    json: bool,
+    render: impl FnOnce(&T) -> String,
+) -> Result<(), String> {
+    if json {
+        let text = serde_json::to_string_pretty(result).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        print!("{}", render(result));
     }
     Ok(())
 }

@@ -22,8 +22,9 @@ fn days_ago(days: i64) -> NaiveDateTime {
     (Utc::now() - chrono::Duration::days(days)).naive_utc()
 }
 
-async fn insert_event(db: &TestDb, group: &str, checksum: &str, created_at: NaiveDateTime) {
-    let row = NewEvent {
+/// An event of `group` on `orders`, created at `created_at`.
+fn event<'a>(group: &'a str, checksum: &'a str, created_at: NaiveDateTime) -> NewEvent<'a> {
+    NewEvent {
         topic: "orders",
         group_id: group,
         partition: 0,
@@ -36,7 +37,11 @@ async fn insert_event(db: &TestDb, group: &str, checksum: &str, created_at: Naiv
         event_version: None,
         payload: b"{}",
         created_at: Some(created_at),
-    };
+    }
+}
+
+async fn insert_event(db: &TestDb, group: &str, checksum: &str, created_at: NaiveDateTime) {
+    let row = event(group, checksum, created_at);
     assert!(db.store.insert_event(&row).await.expect("insert event"));
 }
 
@@ -169,20 +174,7 @@ async fn pruning_while_consuming_loses_and_duplicates_nothing(db: TestDb) {
         let names: Vec<String> = (0..100).map(|i| format!("old-{chunk}-{i}")).collect();
         let rows: Vec<NewEvent<'_>> = names
             .iter()
-            .map(|checksum| NewEvent {
-                topic: "orders",
-                group_id: "archive",
-                partition: 0,
-                offset: 0,
-                key: None,
-                checksum,
-                entity_id: None,
-                event_time: None,
-                event_type: None,
-                event_version: None,
-                payload: b"{}",
-                created_at: Some(days_ago(40)),
-            })
+            .map(|checksum| event("archive", checksum, days_ago(40)))
             .collect();
         db.store.insert_events(&rows).await.expect("old events");
     }
