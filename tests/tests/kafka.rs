@@ -519,6 +519,116 @@ async fn lag_rises_while_a_handler_is_held_and_returns_to_zero(db: TestDb) {
     db.cleanup().await;
 }
 
+/// The metric names a PromQL expression uses (`checkpoint_…`, `db_checkpoint_…`).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("checkpoint_") || word.starts_with("db_checkpoint_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The Grafana dashboard shipped in `checkpoint/dashboards` cannot drift from the code: an App
+/// runs on the mock cluster (with a retry, a failure, duplicates, retention and API requests,
+/// so every kind of metric has fired) and every metric the dashboard queries is in its
+/// `/metrics`.
+async fn the_dashboard_queries_only_metrics_an_app_exports(db: TestDb) {
+    use checkpoint::App;
+    use checkpoint::config::Config;
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../checkpoint/dashboards/grafana.json"))
+            .expect("the dashboard is JSON");
+    let mut queried: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .flat_map(|target| metric_names(target["expr"].as_str().unwrap_or_default()))
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 12, "{queried:?}");
+
+    let (topic, group) = ("dashboard", "ops");
+    let cluster = Cluster::new(topic, 3);
+    let (messages, unique, _) = workload(200, 3);
+    let messages: Vec<_> = messages
+        .into_iter()
+        .filter(|(_, _, payload)| payload.starts_with(b"{"))
+        .collect();
+    cluster.produce(topic, &messages).await;
+    let text = format!(
+        r#"
+[kafka]
+"bootstrap.servers" = "{}"
+"session.timeout.ms" = 3000
+"heartbeat.interval.ms" = 500
+"statistics.interval.ms" = 200
+
+[database]
+url = "{}"
+
+[api]
+bind = "127.0.0.1:0"
+
+[retention]
+events_older_than = "30d"
+interval = "1h"
+
+[[listeners]]
+handler = "scripted"
+topic = "{topic}"
+group_id = "{group}"
+max_concurrency = 3
+backoff = {{ min_ms = 10, max_ms = 100 }}
+"#,
+        cluster.servers, db.url
+    );
+    let config = Config::parse(&text, "app.toml").expect("config");
+    let handler = Scripted::new(Step::Ack).script(&[Step::Fail, Step::FailPermanent]);
+    let mut app = App::builder()
+        .handler(handler)
+        .config(config)
+        .build()
+        .await
+        .expect("app");
+    let api = app.bind_api().await.expect("bind").expect("enabled");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_until(TIMEOUT, "every message settled", || async {
+        db.event_count().await == i64::try_from(unique.len()).expect("small") - 1
+            && failures(&db).await == 1
+    })
+    .await;
+    // A redelivery of a message settled long ago: the duplicate check skips it.
+    cluster
+        .produce(
+            topic,
+            &[(0, "again".to_owned(), br#"{"id":"order-30"}"#.to_vec())],
+        )
+        .await;
+    // Gauges are refreshed once a second and lag every statistics interval: a few scrapes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let missing = loop {
+        let scraped = http_get(api, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let missing: Vec<&String> = queried
+            .iter()
+            .filter(|name| !scraped.contains(name.as_str()))
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() >= deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+    stop.send(()).expect("stop");
+    running.await.expect("join").expect("app ran");
+    db.cleanup().await;
+}
+
 /// One plain HTTP/1.1 GET: the status and the body, or `None` when nothing answers.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -540,6 +650,16 @@ mod lag {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lag_rises_while_a_handler_is_held_and_returns_to_zero() {
         super::lag_rises_while_a_handler_is_held_and_returns_to_zero(
+            crate::support::TestDb::sqlite().await,
+        )
+        .await;
+    }
+}
+
+mod dashboard {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dashboard_queries_only_metrics_an_app_exports() {
+        super::the_dashboard_queries_only_metrics_an_app_exports(
             crate::support::TestDb::sqlite().await,
         )
         .await;
