@@ -544,14 +544,22 @@ struct ListenerReadiness {
 }
 
 async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
-    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Check {
+    // In a task of its own, which runs to its end even when the probe stops waiting: a query
+    // dropped mid-flight would hand a broken connection back to the pool.
+    let store = state.store.clone();
+    let ping = tokio::spawn(async move { store.ping().await });
+    let database = match tokio::time::timeout(READY_DB_TIMEOUT, ping).await {
+        Ok(Ok(Ok(()))) => Check {
             ok: true,
             error: None,
         },
-        Ok(Err(error)) => Check {
+        Ok(Ok(Err(error))) => Check {
             ok: false,
             error: Some(error.to_string()),
+        },
+        Ok(Err(join)) => Check {
+            ok: false,
+            error: Some(format!("the check ended abnormally: {join}")),
         },
         Err(_) => Check {
             ok: false,

@@ -64,6 +64,9 @@ pub enum AppError {
     },
 }
 
+/// How long shutdown waits for the API's requests in flight.
+const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Builds an [`App`].
 #[derive(Default)]
 pub struct AppBuilder {
@@ -247,13 +250,19 @@ impl App {
         let _ = stop_pruning.send(true);
         let _ = stop_api.send(());
         if let Some(serving) = serving {
-            match serving.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
+            // Requests in flight get a bounded time to finish; a client that never reads (or
+            // a retry whose handler hangs) is left behind, never cancelled, and the app
+            // returns.
+            match tokio::time::timeout(API_DRAIN, serving).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => {
                     tracing::warn!(target: "checkpoint", %error, "the API stopped with an error");
                 }
-                Err(join) => {
+                Ok(Err(join)) => {
                     tracing::warn!(target: "checkpoint", error = %join, "the API task ended abnormally");
+                }
+                Err(_) => {
+                    tracing::warn!(target: "checkpoint", seconds = API_DRAIN.as_secs(), "API requests still in flight at shutdown; not waiting for them");
                 }
             }
         }

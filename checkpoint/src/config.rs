@@ -21,7 +21,7 @@
 //! events_older_than = "30d"     # s, m, h, d or w; at least one of the two ages
 //! failures_older_than = "90d"
 //! interval = "1h"               # default 1h
-//! batch_size = 1000             # rows per delete statement, 1..=100000, default 1000
+//! batch_size = 1000             # rows per delete statement, 1..=10000, default 1000
 //!
 //! [[listeners]]                 # zero or more
 //! handler = "orders"            # required: a registered handler name
@@ -92,7 +92,7 @@ const MAX_TOPIC_LEN: usize = 249;
 const MAX_GROUP_ID_LEN: usize = 255;
 
 /// The most rows one retention statement may delete.
-const MAX_PRUNE_BATCH: i64 = 100_000;
+const MAX_PRUNE_BATCH: i64 = crate::retention::MAX_BATCH_SIZE;
 
 /// A configuration that could not be read or is not valid.
 ///

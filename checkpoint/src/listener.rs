@@ -634,6 +634,11 @@ impl ConsumerContext for ListenerContext {
             Rebalance::Revoke(partitions) => {
                 self.stats
                     .rebalanced(Some((false, partitions.count())), self.cooperative);
+                if consumer.assignment_lost() {
+                    // Out of the group (session timed out, coordinator gone): not ready until
+                    // the next assignment.
+                    self.stats.rebalanced(None, self.cooperative);
+                }
                 self.labels.rebalanced(false, &partition_ids(partitions));
                 tracing::info!(target: "checkpoint", listener_id = %self.listener_id, "partitions revoked");
             }
@@ -895,7 +900,11 @@ impl Listener {
                 .is_some_and(|s| s.contains("cooperative")),
             assignment: Arc::clone(&assignment),
             stats: Arc::clone(&self.stats),
-            labels: telemetry::Labels::new(&self.spec.topic, &self.spec.group_id),
+            labels: telemetry::Labels::new(
+                &self.spec.topic,
+                &self.spec.group_id,
+                self.spec.start_from_beginning,
+            ),
         };
         let consumer: Consumer_ = self
             .spec
@@ -917,7 +926,11 @@ impl Listener {
                 partitions: AtomicUsize::new(0),
                 drained: Notify::new(),
             }),
-            labels: telemetry::Labels::new(&self.spec.topic, &self.spec.group_id),
+            labels: telemetry::Labels::new(
+                &self.spec.topic,
+                &self.spec.group_id,
+                self.spec.start_from_beginning,
+            ),
             spec: self.spec,
             engine: self.engine,
             consumer: Arc::clone(&consumer),

@@ -449,8 +449,11 @@ async fn prune(
     dry_run: bool,
 ) -> Result<(), String> {
     use checkpoint::store::PrunedTable;
-    if batch_size < 1 {
-        return Err(format!("--batch-size must be at least 1, not {batch_size}"));
+    if !(1..=retention::MAX_BATCH_SIZE).contains(&batch_size) {
+        return Err(format!(
+            "--batch-size must be between 1 and {}, not {batch_size}",
+            retention::MAX_BATCH_SIZE
+        ));
     }
     let age = |flag: &str, text: Option<&str>| {
         text.map(|t| retention::parse_age(t).map_err(|e| format!("--{flag}: {e}")))

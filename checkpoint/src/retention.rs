@@ -13,6 +13,9 @@ use crate::store::{PrunedTable, Store, StoreError};
 
 /// Rows deleted per statement unless configured otherwise.
 pub const DEFAULT_BATCH_SIZE: i64 = 1_000;
+/// The most rows one statement may delete: each id is a bound parameter, and SQLite takes at
+/// most 32,766 of them in a statement.
+pub const MAX_BATCH_SIZE: i64 = 10_000;
 /// How often an [`App`](crate::App) prunes unless configured otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3_600);
 /// The pause between two batches, so other writers get the table in between.
@@ -133,7 +136,7 @@ pub async fn prune(
         pruned.rows = u64::try_from(rows).unwrap_or(0);
         return Ok(pruned);
     }
-    let batch_size = batch_size.max(1);
+    let batch_size = batch_size.clamp(1, MAX_BATCH_SIZE);
     loop {
         let deleted = store
             .prune_batch(table, cutoff.naive_utc(), batch_size)
@@ -158,6 +161,9 @@ pub async fn run_periodically(
     loop {
         for (table, age) in retention.ages() {
             let stop = || *stopped.borrow();
+            if stop() {
+                return;
+            }
             match prune(&store, table, age, retention.batch_size, false, &stop).await {
                 Ok(pruned) if pruned.rows > 0 => {
                     tracing::info!(target: "checkpoint", table = table.name(), rows = pruned.rows, cutoff = %pruned.cutoff, "pruned");

@@ -9,8 +9,9 @@ use rdkafka::statistics::Statistics;
 
 /// Messages between the high watermark and the group's committed offset, per partition
 /// (librdkafka's `consumer_lag`, refreshed every `statistics.interval.ms`). Before the group
-/// has committed anything on a partition it is the whole partition (high minus low
-/// watermark), which is what a group starting from the beginning has ahead of it.
+/// has committed anything on a partition it is, for a listener that starts from the
+/// beginning, the whole partition (high minus low watermark); otherwise it is not reported
+/// until the first commit.
 pub const CONSUMER_LAG: &str = "checkpoint_consumer_lag";
 /// Partitions assigned to the listener.
 pub const ASSIGNED: &str = "checkpoint_assigned_partitions";
@@ -55,11 +56,14 @@ pub(super) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// reported out of the box.
 pub(super) const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// One listener's labels.
-#[derive(Debug, Clone)]
+/// One listener's labels, and the partitions it owns (statistics about others are stale).
+#[derive(Debug)]
 pub(super) struct Labels {
     topic: String,
     group_id: String,
+    /// The consumer starts a partition without a committed offset at its beginning.
+    from_beginning: bool,
+    owned: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 /// The gauges of one moment.
@@ -81,10 +85,12 @@ fn float(n: usize) -> f64 {
 }
 
 impl Labels {
-    pub(super) fn new(topic: &str, group_id: &str) -> Self {
+    pub(super) fn new(topic: &str, group_id: &str, from_beginning: bool) -> Self {
         Self {
             topic: topic.to_owned(),
             group_id: group_id.to_owned(),
+            from_beginning,
+            owned: std::sync::Mutex::default(),
         }
     }
 
@@ -123,16 +129,21 @@ impl Labels {
         metrics::counter!(FAILURES, &self.pair()).increment(1);
     }
 
-    /// A rebalance assigned or revoked `partitions`; a revoked partition's lag here is
-    /// zeroed, since its new owner reports it now (take the maximum over the group's
-    /// instances).
+    /// A rebalance assigned or revoked `partitions`. A revoked partition's lag here is zeroed
+    /// (its new owner reports it now: take the maximum over the group's instances) and its
+    /// last settled time cleared (NaN), and later statistics about it are ignored.
     pub(super) fn rebalanced(&self, assigned: bool, partitions: &[i32]) {
         let [topic, group] = self.pair();
         let kind = if assigned { "assign" } else { "revoke" };
         metrics::counter!(REBALANCES, &[topic, group, ("kind", kind.to_owned())]).increment(1);
-        if !assigned {
-            for partition in partitions {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for partition in partitions {
+            if assigned {
+                owned.insert(*partition);
+            } else {
+                owned.remove(partition);
                 metrics::gauge!(CONSUMER_LAG, &self.with_partition(*partition)).set(0.0);
+                metrics::gauge!(LAST_SETTLED, &self.with_partition(*partition)).set(f64::NAN);
             }
         }
     }
@@ -142,13 +153,15 @@ impl Labels {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
         for partition in topic.partitions.values() {
-            if partition.partition < 0 || !partition.desired {
+            if !owned.contains(&partition.partition) {
                 continue;
             }
             let lag = if partition.consumer_lag >= 0 {
                 partition.consumer_lag
-            } else if partition.committed_offset < 0
+            } else if self.from_beginning
+                && partition.committed_offset < 0
                 && partition.hi_offset >= 0
                 && partition.lo_offset >= 0
             {

@@ -159,7 +159,7 @@ macro_rules! filtered {
 /// Lists `$table` rows as `$model`: PostgreSQL sorts NULL above every value, so it needs an
 /// explicit `NULLS LAST`; SQLite and MySQL sort NULL below every value, so `DESC` already puts
 /// NULLs last (and matches their indexes).
-/// Deletes at most `$limit` rows of `$t` created before `$cutoff`, oldest ids first: their
+/// Deletes at most `$limit` rows of `$t` created before `$cutoff`, oldest first: their
 /// ids are read first, then deleted by id (MySQL cannot take a `LIMIT` in a subquery on the
 /// table it deletes from, and diesel builds no `DELETE … LIMIT`).
 macro_rules! prune_batch {
@@ -168,14 +168,19 @@ macro_rules! prune_batch {
         let oldest = $t::table
             .select($t::id)
             .filter($t::created_at.lt(cutoff))
-            .order($t::id)
+            .order(($t::created_at, $t::id))
             .limit(limit);
         let ids: Result<Vec<i64>, diesel::result::Error> =
             dispatch!($conn, c => oldest.load::<i64>(&mut **c).await);
         match ids {
             Ok(ids) if ids.is_empty() => Ok(0),
             Ok(ids) => {
-                let delete = diesel::delete($t::table.filter($t::id.eq_any(ids)));
+                // The cutoff again: an id freed meanwhile may be reused by a new row.
+                let delete = diesel::delete(
+                    $t::table
+                        .filter($t::id.eq_any(ids))
+                        .filter($t::created_at.lt(cutoff)),
+                );
                 dispatch!($conn, c => delete.execute(&mut **c).await)
             }
             Err(error) => Err(error),
