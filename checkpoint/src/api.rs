@@ -541,6 +541,8 @@ struct ListenerReadiness {
     listener_id: String,
     joined: bool,
     assigned_partitions: usize,
+    /// Why a listener has not joined, often: a broker unreachable, a TLS certificate refused.
+    kafka_error: Option<String>,
 }
 
 async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
@@ -575,6 +577,7 @@ async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
                 listener_id: probe.listener_id.clone(),
                 joined: stats.joined,
                 assigned_partitions: stats.assigned_partitions,
+                kafka_error: probe.stats.last_client_error(),
             }
         })
         .collect();
@@ -1030,7 +1033,9 @@ pub fn openapi_document() -> Value {
                     "listeners": {"type": "array", "items": {"type": "object", "properties": {
                         "listener_id": {"type": "string"},
                         "joined": {"type": "boolean"},
-                        "assigned_partitions": {"type": "integer"}}}}
+                        "assigned_partitions": {"type": "integer"},
+                        "kafka_error": {"type": ["string", "null"],
+                            "description": "the last error librdkafka reported since the last assignment (secrets masked)"}}}}
                 }},
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
                     "error": {"type": "boolean", "enum": [true]},

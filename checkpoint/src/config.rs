@@ -73,6 +73,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+pub use crate::secret::is_secret_property;
 use toml::de::{DeTable, DeValue};
 
 use crate::engine::Backoff;
@@ -124,8 +126,9 @@ pub enum ConfigError {
     },
 }
 
-/// A validated configuration file.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated configuration file. Its `Debug` output masks secrets: the database password,
+/// the API token and every `[kafka]` property [`is_secret_property`] names.
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// `[kafka]`: librdkafka properties, every value as a string (`6000`, `true`).
     pub kafka: BTreeMap<String, String>,
@@ -142,6 +145,20 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Where this configuration came from: the file name, or `<string>`; errors start with it.
     pub source: String,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("kafka", &crate::secret::Masked(&self.kafka))
+            .field("database", &self.database)
+            .field("db_checkpoint", &self.db_checkpoint)
+            .field("api", &self.api)
+            .field("retention", &self.retention)
+            .field("listeners", &self.listeners)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// `[database]`.
@@ -1723,8 +1740,12 @@ token = "${EMPTY:-from-default}"
 
     #[test]
     fn debug_output_hides_secrets() {
-        let config = parse("[database]\nurl = \"${DATABASE_URL}\"\n[api]\ntoken = \"s3cret\"\n")
-            .expect("valid");
+        let config = parse(
+            "[database]\nurl = \"${DATABASE_URL}\"\n[api]\ntoken = \"s3cret\"\n[kafka]\n\
+             \"sasl.username\" = \"alice\"\n\"sasl.password\" = \"kafka-s3cret\"\n\
+             \"ssl.key.password\" = \"key-s3cret\"\n",
+        )
+        .expect("valid");
         let debug = format!("{config:?}");
         assert!(
             !debug.contains("secret") && !debug.contains("s3cret"),
@@ -1735,5 +1756,7 @@ token = "${EMPTY:-from-default}"
             "{debug}"
         );
         assert!(debug.contains("token: Some(\"***\")"), "{debug}");
+        assert!(debug.contains("\"sasl.password\": \"***\""), "{debug}");
+        assert!(debug.contains("\"sasl.username\": \"alice\""), "{debug}");
     }
 }

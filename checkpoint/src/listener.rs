@@ -126,6 +126,7 @@ impl std::fmt::Debug for ListenerSpec {
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("revoke_timeout", &self.revoke_timeout)
+            .field("kafka", &crate::secret::Masked(&self.kafka))
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +236,19 @@ impl ListenerSpec {
         for (key, value) in &self.kafka {
             config.set(key, value);
         }
+        // OpenSSL is built into this binary, and its compiled-in CA directory is not the
+        // system's: without a CA of the user's, look for the system's bundle where
+        // distributions keep it.
+        let tls = self
+            .kafka
+            .get("security.protocol")
+            .is_some_and(|p| p.to_ascii_uppercase().contains("SSL"));
+        let ca_given = ["ssl.ca.location", "ssl.ca.pem", "ssl.ca.certificate.stores"]
+            .iter()
+            .any(|key| self.kafka.contains_key(*key));
+        if tls && !ca_given {
+            config.set("ssl.ca.location", "probe");
+        }
         // …and what exactly-once depends on, which they may not.
         config
             .set("group.id", &self.group_id)
@@ -264,6 +278,9 @@ pub struct ListenerStats {
     queued_bytes: AtomicUsize,
     assigned: AtomicUsize,
     joined: AtomicBool,
+    /// The last error librdkafka reported for the client (secrets masked), until the next
+    /// assignment.
+    client_error: Mutex<Option<String>>,
 }
 
 /// A snapshot of [`ListenerStats`].
@@ -313,6 +330,24 @@ impl ListenerStats {
         }
     }
 
+    /// The last error librdkafka reported about this listener's connection to Kafka (a broker
+    /// unreachable, a TLS handshake or SASL authentication that failed, …), with secrets
+    /// masked. It is cleared when the group assigns partitions: a listener that has joined is
+    /// connected.
+    pub fn last_client_error(&self) -> Option<String> {
+        self.client_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn client_failed(&self, error: String) {
+        *self
+            .client_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+    }
+
     /// A rebalance assigned (`Some(true)`) or revoked (`Some(false)`) `count` partitions,
     /// incrementally or (eager) all of them; `None`: the listener left its group.
     fn rebalanced(&self, change: Option<(bool, usize)>, incremental: bool) {
@@ -324,6 +359,10 @@ impl ListenerStats {
                     self.assigned.store(count, Ordering::Relaxed);
                 }
                 self.joined.store(true, Ordering::Relaxed);
+                *self
+                    .client_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
             Some((false, count)) => {
                 if incremental {
@@ -563,12 +602,26 @@ struct ListenerContext {
     assignment: Arc<Assignment>,
     stats: Arc<ListenerStats>,
     labels: telemetry::Labels,
+    /// Secret property values, masked in what librdkafka reports.
+    secrets: crate::secret::Secrets,
 }
 
 impl ClientContext for ListenerContext {
     /// librdkafka's statistics, every `statistics.interval.ms`: consumer lag per partition.
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
         self.labels.statistics(&statistics);
+    }
+
+    /// A client-level error (librdkafka keeps reconnecting by itself): logged, and kept for
+    /// [`ListenerStats::last_client_error`]. "All brokers are down" only sums up the errors
+    /// before it, so it does not replace them.
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = self.secrets.redact(&format!("{error}: {reason}"));
+        tracing::warn!(target: "checkpoint", listener_id = %self.listener_id, error = %text, "kafka client error");
+        let summary = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        if !summary || self.stats.last_client_error().is_none() {
+            self.stats.client_failed(text);
+        }
     }
 }
 
@@ -885,9 +938,10 @@ impl Listener {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ListenerError> {
         let listener_id = self.spec.listener_id.clone();
         let _left = Left(Arc::clone(&self.stats));
+        let secrets = crate::secret::Secrets::of(&self.spec.kafka);
         let kafka_error = |source| ListenerError::Kafka {
             listener_id: listener_id.clone(),
-            source,
+            source: secrets.redact_error(source),
         };
         let assignment = Arc::new(Assignment::default());
         let context = ListenerContext {
@@ -905,6 +959,7 @@ impl Listener {
                 &self.spec.group_id,
                 self.spec.start_from_beginning,
             ),
+            secrets: secrets.clone(),
         };
         let consumer: Consumer_ = self
             .spec
@@ -1573,4 +1628,63 @@ pub fn committed_offsets(
     };
     drop(consumer);
     Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Skipper;
+
+    impl Handler for Skipper {
+        fn name(&self) -> &str {
+            "skipper"
+        }
+
+        fn consume<'a>(
+            &'a self,
+            _message: &'a Message,
+            _ctx: &'a mut crate::handler::Context<'_>,
+        ) -> BoxFuture<'a, Result<crate::handler::Outcome, crate::handler::HandlerError>> {
+            Box::pin(async { Ok(crate::handler::Outcome::skip()) })
+        }
+    }
+
+    fn spec(properties: &[(&str, &str)]) -> ListenerSpec {
+        let handler: Arc<dyn Handler> = Arc::new(Skipper);
+        properties
+            .iter()
+            .fold(ListenerSpec::new(handler, "t", "g"), |spec, (k, v)| {
+                spec.kafka(*k, *v)
+            })
+    }
+
+    #[test]
+    fn tls_without_a_ca_probes_the_systems_bundle() {
+        let config = spec(&[("security.protocol", "SASL_SSL")]).client_config();
+        assert_eq!(config.get("ssl.ca.location"), Some("probe"));
+        let config =
+            spec(&[("security.protocol", "ssl"), ("ssl.ca.location", "/ca.pem")]).client_config();
+        assert_eq!(config.get("ssl.ca.location"), Some("/ca.pem"));
+        let config = spec(&[("bootstrap.servers", "b:9092")]).client_config();
+        assert_eq!(config.get("ssl.ca.location"), None);
+    }
+
+    #[test]
+    fn exactly_once_settings_win_over_the_users() {
+        let config =
+            spec(&[("enable.auto.offset.store", "true"), ("group.id", "other")]).client_config();
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn debug_masks_secret_properties() {
+        let shown = format!(
+            "{:?}",
+            spec(&[("sasl.username", "alice"), ("sasl.password", "hunter22")])
+        );
+        assert!(!shown.contains("hunter22"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+    }
 }

@@ -520,7 +520,8 @@ fn migrate_status_rollback_on_postgres() {
             (
                 format!("CREATE SCHEMA {schema}"),
                 format!("DROP SCHEMA {schema} CASCADE"),
-                format!("{admin}{separator}options=-c%20search_path%3D{schema}"),
+                // Over TLS, as a user of a managed database runs it.
+                format!("{admin}{separator}options=-c%20search_path%3D{schema}&sslmode=require"),
             )
         },
     );

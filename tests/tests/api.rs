@@ -214,7 +214,8 @@ async fn readiness_names_what_is_not_ready(db: TestDb) {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(
         body["listeners"],
-        json!([{"listener_id": "billing/orders", "joined": false, "assigned_partitions": 0}])
+        json!([{"listener_id": "billing/orders", "joined": false, "assigned_partitions": 0,
+            "kafka_error": null}])
     );
     assert_eq!(body["ready"], json!(false));
     let (status, body) = get(&waiting, "/health/live").await;

@@ -6,9 +6,11 @@
 //! and it runs any diesel query built from backend-neutral tables ([`Conn::execute`],
 //! [`Conn::load`]).
 
+mod connect;
 pub mod models;
 mod queries;
 pub mod schema;
+mod tls;
 mod url;
 
 use diesel::migration::MigrationSource;
@@ -28,6 +30,7 @@ pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
+use self::url::Driver;
 pub(crate) use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
 
@@ -289,9 +292,14 @@ impl<'c> From<&'c mut AsyncMysqlConnection> for Conn<'c> {
     }
 }
 
-/// The pool configuration of every backend: `setup` (SQL, may be empty) runs on each new
-/// connection before it is handed out.
-fn manager_config<C>(setup: &'static str) -> ManagerConfig<C>
+/// Opens one connection of a pool.
+type Open<C> = std::sync::Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, diesel::ConnectionResult<C>> + Send + Sync,
+>;
+
+/// The pool configuration of every backend: `open` makes a connection, and `setup` (SQL, may
+/// be empty) runs on it before it is handed out.
+fn manager_config<C>(open: Open<C>, setup: &'static str) -> ManagerConfig<C>
 where
     C: AsyncConnection + SimpleAsyncConnection + 'static,
 {
@@ -299,18 +307,18 @@ where
     // `Verified` would spend a round trip on every checkout; a dead connection surfaces on
     // its first query instead and is replaced.
     config.recycling_method = RecyclingMethod::Fast;
-    if !setup.is_empty() {
-        config.custom_setup = Box::new(move |target| {
-            let target = target.to_owned();
-            Box::pin(async move {
-                let mut conn = C::establish(&target).await?;
+    config.custom_setup = Box::new(move |_target| {
+        let open = std::sync::Arc::clone(&open);
+        Box::pin(async move {
+            let mut conn = open().await?;
+            if !setup.is_empty() {
                 conn.batch_execute(setup)
                     .await
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                Ok(conn)
-            })
-        });
-    }
+            }
+            Ok(conn)
+        })
+    });
     config
 }
 
@@ -337,32 +345,47 @@ impl Store {
     pub fn connect_with(url: &str, options: &StoreOptions) -> StoreResult<Self> {
         let url = DatabaseUrl::parse(url)?;
         let size = options.max_connections;
-        let pools = match url.backend() {
-            Backend::Sqlite => {
+        let pools = match url.driver().clone() {
+            Driver::Sqlite => {
                 let pragmas = if url.is_memory() {
                     SQLITE_MEMORY_PRAGMAS
                 } else {
                     SQLITE_FILE_PRAGMAS
                 };
+                let path = url.target().to_owned();
+                let open: Open<SqliteConn> = std::sync::Arc::new(move || {
+                    let path = path.clone();
+                    Box::pin(async move { SqliteConn::establish(&path).await })
+                });
                 let manager = AsyncDieselConnectionManager::new_with_config(
                     url.target(),
-                    manager_config::<SqliteConn>(pragmas),
+                    manager_config(open, pragmas),
                 );
                 // Every connection to `:memory:` is a separate database: keep exactly one.
                 let size = if url.is_memory() { 1 } else { size };
                 Pools::Sqlite(build_pool!(manager, size, Backend::Sqlite))
             }
-            Backend::Postgres => {
+            Driver::Postgres { tls, url: driver } => {
+                let settings = std::sync::Arc::new((tls, driver));
+                let open: Open<AsyncPgConnection> = std::sync::Arc::new(move || {
+                    let settings = std::sync::Arc::clone(&settings);
+                    Box::pin(async move { connect::postgres(&settings.0, &settings.1).await })
+                });
                 let manager = AsyncDieselConnectionManager::new_with_config(
                     url.target(),
-                    manager_config::<AsyncPgConnection>(POSTGRES_SETUP),
+                    manager_config(open, POSTGRES_SETUP),
                 );
                 Pools::Postgres(build_pool!(manager, size, Backend::Postgres))
             }
-            Backend::Mysql => {
+            Driver::Mysql { tls, url: driver } => {
+                let settings = std::sync::Arc::new((tls, driver));
+                let open: Open<AsyncMysqlConnection> = std::sync::Arc::new(move || {
+                    let settings = std::sync::Arc::clone(&settings);
+                    Box::pin(async move { connect::mysql(&settings.0, &settings.1).await })
+                });
                 let manager = AsyncDieselConnectionManager::new_with_config(
                     url.target(),
-                    manager_config::<AsyncMysqlConnection>(""),
+                    manager_config(open, ""),
                 );
                 Pools::Mysql(build_pool!(manager, size, Backend::Mysql))
             }
@@ -464,13 +487,11 @@ impl Store {
     {
         let backend = self.backend();
         let failed = |message: String| StoreError::Migration { backend, message };
+        let unavailable = |message: String| StoreError::Unavailable { backend, message };
         match &self.pools {
             Pools::Sqlite(pool) => {
                 // Through the pool, so `sqlite::memory:` migrates the database it will use.
-                let mut conn = pool.get().await.map_err(|e| StoreError::Unavailable {
-                    backend,
-                    message: e.to_string(),
-                })?;
+                let mut conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
                 let outcome = conn
                     .spawn_blocking(move |c| {
                         Ok(task(&mut SqliteHarness(c), SQLITE_MIGRATIONS)
@@ -480,33 +501,43 @@ impl Store {
                     .map_err(|e| failed(e.to_string()))?;
                 outcome.map_err(failed)
             }
-            Pools::Postgres(_) | Pools::Mysql(_) => {
-                let target = self.url.target().to_owned();
-                let outcome = tokio::task::spawn_blocking(move || -> Result<R, String> {
-                    if backend == Backend::Postgres {
-                        let mut conn =
-                            AsyncConnectionWrapper::<AsyncPgConnection>::establish_sync(&target)?;
-                        task(&mut conn, POSTGRES_MIGRATIONS).map_err(|e| e.to_string())
-                    } else {
-                        let mut conn =
-                            AsyncConnectionWrapper::<AsyncMysqlConnection>::establish_sync(
-                                &target,
-                            )?;
-                        task(&mut conn, MYSQL_MIGRATIONS).map_err(|e| e.to_string())
-                    }
-                })
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-                outcome.map_err(|message| {
-                    if message.starts_with("connect:") {
-                        StoreError::Unavailable { backend, message }
-                    } else {
-                        failed(message)
-                    }
-                })
+            // A connection of its own, opened as the pool opens them (TLS included) and taken
+            // out of it: the synchronous harness owns it on a blocking thread.
+            Pools::Postgres(pool) => {
+                let conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+                on_blocking_thread(Object::take(conn), backend, POSTGRES_MIGRATIONS, task).await
+            }
+            Pools::Mysql(pool) => {
+                let conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+                on_blocking_thread(Object::take(conn), backend, MYSQL_MIGRATIONS, task).await
             }
         }
     }
+}
+
+/// Runs `task` with a synchronous harness over `conn` on a blocking thread.
+async fn on_blocking_thread<C, R, F>(
+    conn: C,
+    backend: Backend,
+    migrations: EmbeddedMigrations,
+    task: F,
+) -> StoreResult<R>
+where
+    C: AsyncConnection + 'static,
+    AsyncConnectionWrapper<C>: HarnessAny,
+    R: Send + 'static,
+    F: FnOnce(&mut dyn HarnessAny, EmbeddedMigrations) -> HarnessResult<R> + Send + 'static,
+{
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<C>::from(conn);
+        task(&mut conn, migrations).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| StoreError::Migration {
+        backend,
+        message: e.to_string(),
+    })?;
+    outcome.map_err(|message| StoreError::Migration { backend, message })
 }
 
 type HarnessResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -553,18 +584,3 @@ impl_harness_any!(
     diesel::mysql::Mysql,
     |s| s
 );
-
-/// Establishes a synchronous wrapper connection, tagging connection errors so the caller can
-/// tell "database down" from "migration failed".
-trait EstablishSync: Sized {
-    fn establish_sync(target: &str) -> Result<Self, String>;
-}
-
-impl<C> EstablishSync for AsyncConnectionWrapper<C>
-where
-    AsyncConnectionWrapper<C>: diesel::Connection,
-{
-    fn establish_sync(target: &str) -> Result<Self, String> {
-        <Self as diesel::Connection>::establish(target).map_err(|e| format!("connect: {e}"))
-    }
-}

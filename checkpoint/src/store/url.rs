@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::connect;
+use super::tls::{MysqlTls, PgTls};
 use crate::error::{Backend, StoreError};
 
 /// A parsed database URL.
@@ -13,10 +15,28 @@ use crate::error::{Backend, StoreError};
 /// | `sqlite::memory:` | private in-memory SQLite database (one connection) |
 /// | `postgres://user@host:port/db` (or `postgresql://`) | PostgreSQL |
 /// | `mysql://user:password@host:port/db` (or `mariadb://`) | MySQL or MariaDB |
+///
+/// Server URLs take TLS parameters. PostgreSQL: libpq's `sslmode` (`disable`, `prefer` (the
+/// default), `require`, `verify-ca`, `verify-full`), `sslrootcert` (a PEM file, or `system`),
+/// `sslcert` and `sslkey`. MySQL and MariaDB: the MySQL client's `ssl-mode` (`DISABLED`,
+/// `PREFERRED` (the default), `REQUIRED`, `VERIFY_CA`, `VERIFY_IDENTITY`), `ssl-ca`, `ssl-cert`
+/// and `ssl-key`. Any other parameter goes to the driver (tokio-postgres, mysql_async) as it is.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl {
     backend: Backend,
     target: String,
+    driver: Driver,
+}
+
+/// How to open a connection of a [`DatabaseUrl`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Driver {
+    /// SQLite opens [`DatabaseUrl::target`].
+    Sqlite,
+    /// PostgreSQL: the TLS settings, and the URL without them for tokio-postgres.
+    Postgres { tls: PgTls, url: String },
+    /// MySQL or MariaDB: the TLS settings, and the URL without them for mysql_async.
+    Mysql { tls: MysqlTls, url: String },
 }
 
 impl DatabaseUrl {
@@ -31,6 +51,7 @@ impl DatabaseUrl {
             return Ok(Self {
                 backend: Backend::Sqlite,
                 target: ":memory:".to_owned(),
+                driver: Driver::Sqlite,
             });
         }
         if let Some(path) = url.strip_prefix("sqlite://") {
@@ -40,6 +61,7 @@ impl DatabaseUrl {
             return Ok(Self {
                 backend: Backend::Sqlite,
                 target: path.to_owned(),
+                driver: Driver::Sqlite,
             });
         }
         if let Some(path) = url.strip_prefix("sqlite:") {
@@ -49,6 +71,7 @@ impl DatabaseUrl {
             return Ok(Self {
                 backend: Backend::Sqlite,
                 target: path.to_owned(),
+                driver: Driver::Sqlite,
             });
         }
         for (scheme, backend, canonical) in [
@@ -63,9 +86,20 @@ impl DatabaseUrl {
                 if host.is_empty() {
                     return Err(invalid("the host is missing"));
                 }
+                let target = format!("{canonical}{rest}");
+                let driver = if backend == Backend::Postgres {
+                    let (tls, url) = PgTls::extract(&target).map_err(|r| invalid(&r))?;
+                    connect::check_postgres_url(&url).map_err(|r| invalid(&r))?;
+                    Driver::Postgres { tls, url }
+                } else {
+                    let (tls, url) = MysqlTls::extract(&target).map_err(|r| invalid(&r))?;
+                    connect::check_mysql_url(&url).map_err(|r| invalid(&r))?;
+                    Driver::Mysql { tls, url }
+                };
                 return Ok(Self {
                     backend,
-                    target: format!("{canonical}{rest}"),
+                    target,
+                    driver,
                 });
             }
         }
@@ -79,9 +113,14 @@ impl DatabaseUrl {
         self.backend
     }
 
-    /// What the driver receives: the SQLite path (or `:memory:`), or the server URL.
+    /// The SQLite path (or `:memory:`), or the server URL as given (TLS parameters included).
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// How to open a connection.
+    pub(crate) fn driver(&self) -> &Driver {
+        &self.driver
     }
 
     /// True for `sqlite::memory:`.

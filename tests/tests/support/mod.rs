@@ -4,7 +4,9 @@
 
 pub mod handlers;
 pub mod kafka;
+pub mod mariadb;
 pub mod proxy;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

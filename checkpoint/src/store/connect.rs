@@ -1,0 +1,115 @@
+//! Opening one connection to a server database, TLS included: what the pool calls for each new
+//! connection. The URL's TLS settings ([`PgTls`], [`MysqlTls`]) are applied here and nowhere
+//! else.
+
+use diesel::ConnectionError;
+use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
+
+use super::tls::{MysqlSslMode, MysqlTls, PgSslMode, PgTls};
+
+/// `error` and every cause under it, joined by `: `. Driver errors often say only "error
+/// performing TLS handshake" at the top and why underneath.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Checks a PostgreSQL URL (without its TLS parameters) as tokio-postgres will read it.
+pub(crate) fn check_postgres_url(driver_url: &str) -> Result<(), String> {
+    driver_url
+        .parse::<tokio_postgres::Config>()
+        .map(drop)
+        .map_err(|e| chain(&e))
+}
+
+/// Checks a MySQL URL (without its TLS parameters) as mysql_async will read it.
+pub(crate) fn check_mysql_url(driver_url: &str) -> Result<(), String> {
+    mysql_async::Opts::from_url(driver_url)
+        .map(drop)
+        .map_err(|e| chain(&e))
+}
+
+/// Opens a PostgreSQL connection to `driver_url` with the TLS of `tls`.
+pub(crate) async fn postgres(
+    tls: &PgTls,
+    driver_url: &str,
+) -> Result<AsyncPgConnection, ConnectionError> {
+    use tokio_postgres::config::SslMode;
+    let mut config: tokio_postgres::Config = driver_url
+        .parse()
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(chain(&e)))?;
+    let mode = tls.mode();
+    config.ssl_mode(match mode {
+        PgSslMode::Disable => SslMode::Disable,
+        PgSslMode::Prefer => SslMode::Prefer,
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => SslMode::Require,
+    });
+    let failed = |e: tokio_postgres::Error| {
+        ConnectionError::BadConnection(format!("{} (sslmode={})", chain(&e), mode.name()))
+    };
+    match tls
+        .client_config()
+        .map_err(ConnectionError::BadConnection)?
+    {
+        None => {
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(failed)?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+        Some(rustls) => {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
+            let (client, connection) = config.connect(connector).await.map_err(failed)?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+    }
+}
+
+/// Opens a MySQL or MariaDB connection to `driver_url` with the TLS of `tls`. `PREFERRED`
+/// falls back to plaintext when the server offers no TLS, as the MySQL client does.
+pub(crate) async fn mysql(
+    tls: &MysqlTls,
+    driver_url: &str,
+) -> Result<AsyncMysqlConnection, ConnectionError> {
+    let opts = mysql_async::Opts::from_url(driver_url)
+        .map_err(|e| ConnectionError::InvalidConnectionUrl(chain(&e)))?;
+    // As diesel-async's own `establish`: diesel caches statements itself, and counts matched
+    // rather than changed rows, as the other backends do.
+    let plain = mysql_async::OptsBuilder::from_opts(opts)
+        .stmt_cache_size(0)
+        .client_found_rows(true);
+    let builder = match tls.mode() {
+        // mysql_async's own TLS parameters, as the URL gave them.
+        None => plain.clone(),
+        Some(_) => plain.clone().ssl_opts(tls.ssl_opts()),
+    };
+    let failed = |e: mysql_async::Error| {
+        let mode = tls.mode().map_or(
+            "as the URL's mysql_async parameters say",
+            MysqlSslMode::name,
+        );
+        ConnectionError::BadConnection(format!("{} (ssl-mode={mode})", chain(&e)))
+    };
+    let conn = match mysql_async::Conn::new(builder).await {
+        Ok(conn) => conn,
+        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+            if tls.mode() == Some(MysqlSslMode::Preferred) =>
+        {
+            mysql_async::Conn::new(plain.ssl_opts(None))
+                .await
+                .map_err(failed)?
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    AsyncMysqlConnection::try_from(conn).await
+}
