@@ -1679,6 +1679,37 @@ mod tests {
     }
 
     #[test]
+    fn client_errors_are_kept_without_secrets() {
+        let properties: BTreeMap<String, String> = [("sasl.password", "hunter22")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let stats = Arc::new(ListenerStats::default());
+        let context = ListenerContext {
+            listener_id: "g/t".to_owned(),
+            revoke_timeout: Duration::from_secs(1),
+            cooperative: false,
+            assignment: Arc::default(),
+            stats: Arc::clone(&stats),
+            labels: telemetry::Labels::new("t", "g", true),
+            secrets: crate::secret::Secrets::of(&properties),
+        };
+        let transport = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+        context.error(transport.clone(), "auth as alice with hunter22 refused");
+        let kept = stats.last_client_error().expect("kept");
+        assert!(kept.contains("alice with *** refused"), "{kept}");
+        // "All brokers down" sums up; it does not hide the cause.
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 down",
+        );
+        assert_eq!(stats.last_client_error(), Some(kept));
+        // A new assignment means connected: the error is over.
+        stats.rebalanced(Some((true, 1)), false);
+        assert_eq!(stats.last_client_error(), None);
+    }
+
+    #[test]
     fn debug_masks_secret_properties() {
         let shown = format!(
             "{:?}",

@@ -22,21 +22,36 @@ struct Param<'a> {
     raw: &'a str,
 }
 
-/// Splits `url` into the part before `?` and its decoded query parameters.
-fn split_query(url: &str) -> Result<(&str, Vec<Param<'_>>), String> {
-    let Some((base, query)) = url.split_once('?') else {
+/// Where the query string of `url` starts: at the first `?` after the credentials, which
+/// end at the first `@` (as tokio-postgres reads them), so that a `?` in a password does not
+/// start it.
+fn query_start(url: &str) -> Option<usize> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let after_credentials = url[after_scheme..]
+        .find('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1);
+    url[after_credentials..]
+        .find('?')
+        .map(|i| after_credentials + i)
+}
+
+/// Splits `url` into the part before its query string and its decoded parameters. `+` is a
+/// space only where the driver reads it so (`plus_is_space`: form encoding, as mysql_async).
+fn split_query(url: &str, plus_is_space: bool) -> Result<(&str, Vec<Param<'_>>), String> {
+    let Some(start) = query_start(url) else {
         return Ok((url, Vec::new()));
     };
+    let (base, query) = (&url[..start], &url[start + 1..]);
     let params = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|raw| {
             let (key, value) = raw.split_once('=').unwrap_or((raw, ""));
-            Ok(Param {
-                key: percent_decode(key)?,
-                value: percent_decode(value)?,
-                raw,
-            })
+            let key = percent_decode(key, plus_is_space)
+                .ok_or_else(|| "a parameter name has a malformed %-escape".to_owned())?;
+            let value = percent_decode(value, plus_is_space)
+                .ok_or_else(|| format!("the value of `{key}` has a malformed %-escape"))?;
+            Ok(Param { key, value, raw })
         })
         .collect::<Result<_, String>>()?;
     Ok((base, params))
@@ -51,23 +66,23 @@ fn join_query(base: &str, params: &[Param<'_>]) -> String {
     format!("{base}?{}", query.join("&"))
 }
 
-/// Decodes `%XX` escapes (and `+` as a space, as form-encoded query strings do).
-fn percent_decode(text: &str) -> Result<String, String> {
+/// Decodes `%XX` escapes (two hex digits), and `+` as a space when `plus_is_space`; `None`
+/// for a malformed escape or a result that is not UTF-8.
+fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("`{text}` has a malformed %-escape"))?;
-                out.push(hex);
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -77,7 +92,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+    String::from_utf8(out).ok()
 }
 
 /// The `~/.postgresql/…` file libpq falls back to, when `HOME` is set.
@@ -160,7 +175,8 @@ impl PgTls {
     /// Takes the TLS parameters out of a `postgres://` URL: the settings, and the URL
     /// tokio-postgres is given (without them).
     pub(crate) fn extract(url: &str) -> Result<(Self, String), String> {
-        let (base, params) = split_query(url)?;
+        let (base, params) = split_query(url, false)?;
+        let mut mode = None;
         let mut tls = Self {
             mode: PgSslMode::Prefer,
             root_cert: None,
@@ -170,7 +186,7 @@ impl PgTls {
         let mut rest = Vec::new();
         for param in params {
             match param.key.as_str() {
-                "sslmode" => tls.mode = PgSslMode::parse(&param.value)?,
+                "sslmode" => mode = Some(PgSslMode::parse(&param.value)?),
                 "sslrootcert" if param.value == "system" => tls.root_cert = Some(Roots::System),
                 "sslrootcert" => tls.root_cert = Some(Roots::File(param.value.into())),
                 "sslcert" => tls.cert = Some(param.value.into()),
@@ -182,6 +198,31 @@ impl PgTls {
                 }
                 _ => rest.push(param),
             }
+        }
+        // libpq 16: the public roots vouch for anyone's own domain, so they are only worth
+        // trusting with the host name checked.
+        tls.mode = match (mode, &tls.root_cert) {
+            (None, Some(Roots::System)) => PgSslMode::VerifyFull,
+            (Some(mode), Some(Roots::System)) if mode != PgSslMode::VerifyFull => {
+                return Err(format!(
+                    "sslrootcert=system needs sslmode=verify-full (or no sslmode), not {}",
+                    mode.name()
+                ));
+            }
+            (mode, _) => mode.unwrap_or(PgSslMode::Prefer),
+        };
+        if matches!(tls.mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull)
+            && tls.root_cert.is_none()
+            && !home_file("root.crt").is_some_and(|p| p.exists())
+        {
+            return Err(format!(
+                "sslmode={} needs a root certificate: set sslrootcert=PATH (a PEM file) or \
+                 sslrootcert=system, or put one in ~/.postgresql/root.crt",
+                tls.mode.name()
+            ));
+        }
+        if tls.key.is_some() && tls.cert.is_none() {
+            return Err("sslkey is set but sslcert is not".to_owned());
         }
         Ok((tls, join_query(base, &rest)))
     }
@@ -479,7 +520,7 @@ impl MysqlTls {
     /// Takes the TLS parameters out of a `mysql://` URL: the settings, and the URL mysql_async
     /// is given (without them).
     pub(crate) fn extract(url: &str) -> Result<(Self, String), String> {
-        let (base, params) = split_query(url)?;
+        let (base, params) = split_query(url, true)?;
         let mut mode = None;
         let mut tls = Self {
             mode: None,
@@ -589,10 +630,36 @@ mod tests {
         assert!(err.contains("unencrypted key"), "{err}");
         let err = PgTls::extract("postgres://h/db?sslrootcert=%zz").expect_err("escape");
         assert!(err.contains("malformed"), "{err}");
+        let err = PgTls::extract("postgres://h/db?sslrootcert=%+1").expect_err("escape");
+        assert!(err.contains("malformed"), "{err}");
+        let err = PgTls::extract("postgres://h/db?password=%zz").expect_err("no value shown");
+        assert!(!err.contains("%zz"), "{err}");
+        let err = PgTls::extract("postgres://h/db?sslmode=require&sslrootcert=system")
+            .expect_err("public roots without the name");
+        assert!(err.contains("verify-full"), "{err}");
+    }
+
+    #[test]
+    fn libpq_corner_cases() {
+        // A `?` in the password does not start the query string.
+        let (tls, rest) =
+            PgTls::extract("postgres://app:ab?cd@h:5432/db?sslmode=require").expect("valid");
+        assert_eq!(tls.mode(), PgSslMode::Require);
+        assert_eq!(rest, "postgres://app:ab?cd@h:5432/db");
+        // `+` is a literal in libpq's URLs.
+        let (tls, _) = PgTls::extract("postgres://h/db?sslrootcert=/ca+chain.pem").expect("valid");
+        assert_eq!(tls.root_cert, Some(Roots::File("/ca+chain.pem".into())));
+        // The system's roots imply verify-full.
+        let (tls, _) = PgTls::extract("postgres://h/db?sslrootcert=system").expect("valid");
+        assert_eq!(tls.mode(), PgSslMode::VerifyFull);
     }
 
     #[test]
     fn verification_without_a_root_certificate_says_what_to_set() {
+        if !home_file("root.crt").is_some_and(|p| p.exists()) {
+            let err = PgTls::extract("postgres://h/db?sslmode=verify-ca").expect_err("no root");
+            assert!(err.contains("needs a root certificate"), "{err}");
+        }
         let (tls, _) =
             PgTls::extract("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
                 .expect("valid");

@@ -29,7 +29,7 @@ pub struct DatabaseUrl {
 }
 
 /// How to open a connection of a [`DatabaseUrl`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Driver {
     /// SQLite opens [`DatabaseUrl::target`].
     Sqlite,
@@ -37,6 +37,25 @@ pub(crate) enum Driver {
     Postgres { tls: PgTls, url: String },
     /// MySQL or MariaDB: the TLS settings, and the URL without them for mysql_async.
     Mysql { tls: MysqlTls, url: String },
+}
+
+/// Shows the driver URL with its password masked.
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite"),
+            Self::Postgres { tls, url } => f
+                .debug_struct("Postgres")
+                .field("tls", tls)
+                .field("url", &mask_password(url))
+                .finish(),
+            Self::Mysql { tls, url } => f
+                .debug_struct("Mysql")
+                .field("tls", tls)
+                .field("url", &mask_password(url))
+                .finish(),
+        }
+    }
 }
 
 impl DatabaseUrl {
@@ -145,20 +164,40 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`.
+/// Replaces the password of `scheme://user:password@host` with `***`, and the value of a
+/// `password=` query parameter. The user info ends at the first `@`, as tokio-postgres reads
+/// it, so a password holding `/` or `?` is masked whole.
 pub(crate) fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+    let masked = match rest.split_once('@') {
+        Some((userinfo, tail)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{tail}"),
             None => url.to_owned(),
         },
         None => url.to_owned(),
+    };
+    mask_password_parameter(&masked)
+}
+
+/// `…password=secret&…` → `…password=***&…`.
+fn mask_password_parameter(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find("password=") {
+        let starts_parameter = at == 0 || rest[..at].ends_with(['?', '&']);
+        let (head, tail) = rest.split_at(at + "password=".len());
+        out.push_str(head);
+        if starts_parameter {
+            out.push_str("***");
+            rest = &tail[tail.find('&').unwrap_or(tail.len())..];
+        } else {
+            rest = tail;
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -194,6 +233,20 @@ mod tests {
         assert!(text.contains("redis://u:***@host/0"), "{text}");
         assert!(!text.contains("secret"), "{text}");
         assert!(DatabaseUrl::parse("postgres:///db").is_err());
+        for (url, secret) in [
+            (
+                "postgres://app:pa/ss?w@db:5432/app?sslmode=require",
+                "pa/ss?w",
+            ),
+            (
+                "postgres://app@db/app?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+        ] {
+            let parsed = DatabaseUrl::parse(url).expect("valid");
+            let shown = format!("{parsed} {parsed:?} {:?}", parsed.driver());
+            assert!(!shown.contains(secret), "{shown}");
+        }
         assert!(DatabaseUrl::parse("sqlite://").is_err());
     }
 }
