@@ -2,8 +2,10 @@
 
 use std::fmt;
 
-/// Which database backend a URL or connection belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which database backend a URL or connection belongs to. Serialized as its
+/// [`name`](Backend::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Backend {
     /// SQLite, embedded (bundled library).

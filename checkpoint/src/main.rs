@@ -37,7 +37,8 @@ enum Command {
         bind: std::net::SocketAddr,
     },
     /// Measure checkpointed throughput against raw Kafka consumption, the naive
-    /// check-then-insert pattern and the database's batched-insert ceiling, in one run.
+    /// check-then-insert pattern and the database's ceilings (batched inserts, bulk load), in
+    /// one run.
     Bench {
         /// Messages to produce (and rows per mode).
         #[arg(long, default_value_t = 200_000)]
@@ -47,7 +48,7 @@ enum Command {
         #[arg(long = "database")]
         databases: Vec<String>,
         /// Modes to run, comma-separated: raw, naive, per-message, transactional, batch,
-        /// db-ceiling (default: all).
+        /// transactional-batch, db-ceiling, copy-ceiling (default: all).
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
         /// External Kafka bootstrap servers instead of the mock cluster.
@@ -61,9 +62,13 @@ enum Command {
         /// the produced messages then counts in the peak RSS column).
         #[arg(long)]
         embedded_broker: bool,
-        /// Messages per batch in `batch` mode.
+        /// Messages per batch in the batch modes.
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
+        /// Partitions in flight at once in the listener modes; `naive` gets as many
+        /// connections.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -277,6 +282,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             partitions,
             embedded_broker,
             batch_size,
+            concurrency,
             json,
         } => {
             let modes = modes
@@ -297,6 +303,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 },
                 partitions,
                 batch_size,
+                concurrency: usize::from(concurrency),
                 progress: true,
             };
             let report = bench::run(&options).await.map_err(|e| one_line(&e))?;

@@ -2,9 +2,11 @@
 //! check-then-insert pattern, measured in one process and one run so that the ratios compare
 //! like with like.
 //!
-//! Every mode reads the same produced messages (or, for `db-ceiling`, writes the same rows) in
+//! Every mode reads the same produced messages (or, for the ceilings, writes the same rows) in
 //! its own consumer group, verifies its own result (one row per message, none missing, none
 //! twice) before its figure counts, and cleans its rows up afterwards.
+
+mod ceiling;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -61,20 +63,29 @@ pub enum Mode {
     Transactional,
     /// Batch mode (`batch_size` messages per batch), same handler as `per-message`.
     Batch,
+    /// Batch mode with the handler of `transactional`: each batch's events and the handler's
+    /// rows commit in one transaction.
+    TransactionalBatch,
     /// No Kafka: multi-row `INSERT … ON CONFLICT DO NOTHING` of the same rows, 500 per
-    /// statement, straight into the events table: the physical limit of checkpointing here.
+    /// statement, straight into the events table: what the batch mode's statements can do.
     DbCeiling,
+    /// No Kafka: the database's fastest bulk load of the same rows into the same table
+    /// (PostgreSQL binary `COPY`, MySQL `LOAD DATA LOCAL INFILE`, SQLite prepared inserts in
+    /// one transaction): the physical limit of checkpointing here.
+    CopyCeiling,
 }
 
 impl Mode {
     /// Every mode, in the order they run.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Raw,
         Mode::Naive,
         Mode::PerMessage,
         Mode::Transactional,
         Mode::Batch,
+        Mode::TransactionalBatch,
         Mode::DbCeiling,
+        Mode::CopyCeiling,
     ];
 
     /// The mode's name on the command line and in reports.
@@ -85,12 +96,28 @@ impl Mode {
             Self::PerMessage => "per-message",
             Self::Transactional => "transactional",
             Self::Batch => "batch",
+            Self::TransactionalBatch => "transactional-batch",
             Self::DbCeiling => "db-ceiling",
+            Self::CopyCeiling => "copy-ceiling",
         }
     }
 
     fn uses_database(self) -> bool {
         self != Self::Raw
+    }
+
+    fn uses_kafka(self) -> bool {
+        !matches!(self, Self::DbCeiling | Self::CopyCeiling)
+    }
+
+    /// The handler writes a row of its own in the checkpoint transaction.
+    fn transactional(self) -> bool {
+        matches!(self, Self::Transactional | Self::TransactionalBatch)
+    }
+
+    /// Messages go through the engine in batches.
+    fn batched(self) -> bool {
+        matches!(self, Self::Batch | Self::TransactionalBatch)
     }
 }
 
@@ -131,8 +158,11 @@ pub struct BenchOptions {
     /// Partitions of the benchmark topic. The mock cluster keeps about 5 MiB of compressed
     /// messages (about 120,000 of these) per partition.
     pub partitions: i32,
-    /// Messages per batch in `batch` mode.
+    /// Messages per batch in `batch` and `transactional-batch` modes.
     pub batch_size: usize,
+    /// Partitions in flight at once (`max_concurrency`) in the listener modes; `naive` gets as
+    /// many connections, each serving its share of the partitions.
+    pub concurrency: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
 }
@@ -147,6 +177,7 @@ impl Default for BenchOptions {
             broker_exe: None,
             partitions: DEFAULT_PARTITIONS,
             batch_size: 500,
+            concurrency: 1,
             progress: false,
         }
     }
@@ -229,6 +260,8 @@ pub enum BenchError {
 pub struct BenchRow {
     /// The mode.
     pub mode: Mode,
+    /// The database's backend (`sqlite`, `postgres`, `mysql`); `None` for `raw`.
+    pub backend: Option<Backend>,
     /// The database (password masked), or `-` for `raw`.
     pub database: String,
     /// Messages processed (verified).
@@ -241,6 +274,8 @@ pub struct BenchRow {
     pub vs_naive: Option<f64>,
     /// Throughput relative to `db-ceiling` on the same database.
     pub vs_db_ceiling: Option<f64>,
+    /// Throughput relative to `copy-ceiling` on the same database.
+    pub vs_copy_ceiling: Option<f64>,
     /// Throughput relative to `raw`.
     pub vs_raw: Option<f64>,
     /// Peak resident memory of the process during the mode, in bytes (Linux).
@@ -256,8 +291,10 @@ pub struct BenchReport {
     pub kafka: String,
     /// Partitions of the benchmark topic.
     pub partitions: i32,
-    /// Messages per batch in `batch` mode.
+    /// Messages per batch in `batch` and `transactional-batch` modes.
     pub batch_size: usize,
+    /// Partitions in flight at once in the listener modes (connections of `naive`).
+    pub concurrency: usize,
     /// Logical CPUs of this machine.
     pub cpus: usize,
     /// Memory of this machine in bytes (Linux).
@@ -501,13 +538,20 @@ impl Database {
         }
     }
 
-    async fn open(url: &str, temp: Option<std::path::PathBuf>) -> Result<Self, BenchError> {
+    async fn open(
+        url: &str,
+        temp: Option<std::path::PathBuf>,
+        concurrency: usize,
+    ) -> Result<Self, BenchError> {
         let store_error = |source| BenchError::Store {
             database: crate::store::mask_password(url),
             source,
         };
-        let store =
-            Store::connect_with(url, &StoreOptions { max_connections: 4 }).map_err(store_error)?;
+        // A connection per partition in flight, and room for the duplicate checks ahead.
+        let options = StoreOptions {
+            max_connections: (concurrency + 2).max(4),
+        };
+        let store = Store::connect_with(url, &options).map_err(store_error)?;
         let label = store.url().to_string();
         let db = Self { label, store, temp };
         match tokio::time::timeout(Duration::from_secs(5), db.store.ping()).await {
@@ -609,6 +653,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     if options.partitions < 1 {
         return Err(BenchError::NoPartitions(options.partitions));
     }
+    let concurrency = options.concurrency.max(1);
     let modes: Vec<Mode> = if options.modes.is_empty() {
         Mode::ALL.to_vec()
     } else {
@@ -628,14 +673,14 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         if options.databases.is_empty() {
             let path = std::env::temp_dir().join(format!("checkpoint-bench-{run_id}.db"));
             let url = format!("sqlite://{}", path.display());
-            databases.push(Database::open(&url, Some(path)).await?);
-            match Database::open(DEFAULT_POSTGRES, None).await {
+            databases.push(Database::open(&url, Some(path), concurrency).await?);
+            match Database::open(DEFAULT_POSTGRES, None, concurrency).await {
                 Ok(db) => databases.push(db),
                 Err(error) => skipped.push(error.to_string()),
             }
         } else {
             for url in &options.databases {
-                databases.push(Database::open(url, None).await?);
+                databases.push(Database::open(url, None, concurrency).await?);
             }
         }
     }
@@ -650,6 +695,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         kafka,
         partitions: options.partitions,
         batch_size: options.batch_size.max(1),
+        concurrency: options.concurrency.max(1),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         memory_bytes: memory_total(),
         consumer_settings: CONSUMER_SETTINGS
@@ -686,7 +732,7 @@ async fn measure(
     let n = options.messages;
     let expected = u64::try_from(n).unwrap_or(u64::MAX);
     let topic = format!("checkpoint-bench-{run_id}");
-    let needs_kafka = modes.iter().any(|m| *m != Mode::DbCeiling);
+    let needs_kafka = modes.iter().any(|m| m.uses_kafka());
     let kafka = if needs_kafka {
         let kafka = Kafka::start(
             options.brokers.as_deref(),
@@ -718,16 +764,32 @@ async fn measure(
             let bar = bar(options.progress, expected, &format!("{mode} {name}"));
             let group = group_of(run_id, mode, index);
             reset_peak_rss();
+            let load = |db| ceiling::Load {
+                db,
+                mode,
+                group: &group,
+                run_id,
+                messages: n,
+                partitions: options.partitions,
+                bar: &bar,
+            };
             let seconds = match (mode, db, &kafka) {
-                (Mode::DbCeiling, Some(db), _) => {
-                    db_ceiling(db, &group, run_id, n, options.partitions, &bar).await?
-                }
+                (Mode::DbCeiling, Some(db), _) => load(db).db_ceiling().await?,
+                (Mode::CopyCeiling, Some(db), _) => load(db).copy_ceiling().await?,
                 (Mode::Raw, _, Some(kafka)) => raw(kafka, &topic, &group, expected, &bar).await?,
                 (Mode::Naive, Some(db), Some(kafka)) => {
-                    naive(kafka, db, &topic, &group, expected, &bar).await?
+                    let naive = Naive {
+                        kafka,
+                        db,
+                        topic: &topic,
+                        group: &group,
+                        expected,
+                        bar: &bar,
+                    };
+                    naive.run(options.concurrency.max(1)).await?
                 }
                 (_, Some(db), Some(kafka)) => {
-                    let spec = listener_spec(kafka, mode, &topic, &group, options.batch_size);
+                    let spec = listener_spec(kafka, mode, &topic, &group, options);
                     listen(spec, db, mode, expected, &bar).await?
                 }
                 _ => continue,
@@ -743,12 +805,14 @@ async fn measure(
             }
             rows.push(BenchRow {
                 mode,
+                backend: db.map(|d| d.store.backend()),
                 database: name.to_owned(),
                 messages: expected,
                 seconds: measured.seconds,
                 messages_per_second: expected as f64 / measured.seconds.max(1e-9),
                 vs_naive: None,
                 vs_db_ceiling: None,
+                vs_copy_ceiling: None,
                 vs_raw: None,
                 peak_rss_bytes: measured.peak_rss,
             });
@@ -785,7 +849,7 @@ async fn verify(db: &Database, mode: Mode, group: &str, expected: u64) -> Result
             "{rows} event rows ({distinct} distinct) for {expected} messages"
         )));
     }
-    if mode == Mode::Transactional {
+    if mode.transactional() {
         let (effects, distinct) = db.count(group, true).await?;
         if effects != expected || distinct != expected {
             return Err(fail(format!(
@@ -897,62 +961,131 @@ async fn raw(
     Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
 }
 
-/// `naive`: the original's two autocommitted round trips per message on one connection.
-async fn naive(
-    kafka: &Kafka,
-    db: &Database,
-    topic: &str,
-    group: &str,
+/// A message as `naive`'s workers take it.
+struct Received {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// `naive`: the original's pattern, two autocommitted round trips per message (a `SELECT`
+/// whether it exists, then an `INSERT`), on as many connections as the listener modes have
+/// partitions in flight, each serving its share of the partitions in order.
+struct Naive<'a> {
+    kafka: &'a Kafka,
+    db: &'a Database,
+    topic: &'a str,
+    group: &'a str,
     expected: u64,
-    bar: &ProgressBar,
-) -> Result<f64, BenchError> {
-    let consumer = kafka.subscribe(topic, group)?;
-    let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
-    let mut conn = pooled.conn();
-    let mut done = 0u64;
-    let mut started = None;
-    let mut progress = Progress::new();
-    while done < expected {
-        let message = progress
-            .next_message(&consumer, done, expected, Mode::Naive, &db.label)
-            .await?;
-        started.get_or_insert_with(Instant::now);
-        let bytes = message.payload().unwrap_or_default();
-        let sum = checksum(bytes);
-        let key = DedupKey {
-            topic,
-            group_id: group,
-            checksum: &sum,
+    bar: &'a ProgressBar,
+}
+
+impl Naive<'_> {
+    async fn run(&self, connections: usize) -> Result<f64, BenchError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let consumer = self.kafka.subscribe(self.topic, self.group)?;
+        let done = AtomicU64::new(0);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..connections)
+            .map(|_| tokio::sync::mpsc::channel::<Received>(1024))
+            .unzip();
+        let mut started = None;
+        let receive = async {
+            let mut received = 0u64;
+            let mut progress = Progress::new();
+            while received < self.expected {
+                let message = progress
+                    .next_message(
+                        &consumer,
+                        done.load(Ordering::Relaxed),
+                        self.expected,
+                        Mode::Naive,
+                        &self.db.label,
+                    )
+                    .await?;
+                started.get_or_insert_with(Instant::now);
+                let share = usize::try_from(message.partition()).unwrap_or(0) % connections;
+                let item = Received {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                };
+                let sent = match senders.get(share) {
+                    Some(sender) => tokio::time::timeout(STALL, sender.send(item)).await,
+                    None => Ok(Ok(())),
+                };
+                if !matches!(sent, Ok(Ok(()))) {
+                    return Err(BenchError::Stalled {
+                        mode: Mode::Naive,
+                        database: self.db.label.clone(),
+                        done: done.load(Ordering::Relaxed),
+                        expected: self.expected,
+                        waited: STALL,
+                    });
+                }
+                received += 1;
+            }
+            drop(senders);
+            Ok(())
         };
-        if !conn.event_exists(key).await.map_err(|e| db.error(e))? {
-            let order: BenchOrder =
-                serde_json::from_slice(bytes).map_err(|e| BenchError::Verification {
-                    mode: Mode::Naive,
-                    database: db.label.clone(),
-                    what: format!("payload is not an order: {e}"),
-                })?;
-            let row = NewEvent {
-                topic,
-                group_id: group,
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                checksum: &sum,
-                entity_id: Some(&order.id),
-                event_time: Some(order.placed_at.naive_utc()),
-                event_type: Some(&order.kind),
-                event_version: None,
-                payload: bytes,
-                created_at: Some(Utc::now().naive_utc()),
-            };
-            conn.insert_event(&row).await.map_err(|e| db.error(e))?;
-        }
-        done += 1;
-        if done.is_multiple_of(256) {
-            bar.set_position(done);
-        }
+        let work = futures_util::future::try_join_all(
+            receivers.into_iter().map(|inbox| self.serve(inbox, &done)),
+        );
+        let (received, served) = tokio::join!(receive, work);
+        received?;
+        served?;
+        Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
     }
-    Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+
+    /// One connection's share: check, then insert, message by message.
+    async fn serve(
+        &self,
+        mut inbox: tokio::sync::mpsc::Receiver<Received>,
+        done: &std::sync::atomic::AtomicU64,
+    ) -> Result<(), BenchError> {
+        use std::sync::atomic::Ordering;
+        let db = self.db;
+        let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
+        let mut conn = pooled.conn();
+        while let Some(message) = inbox.recv().await {
+            let sum = checksum(&message.payload);
+            let key = DedupKey {
+                topic: self.topic,
+                group_id: self.group,
+                checksum: &sum,
+            };
+            if !conn.event_exists(key).await.map_err(|e| db.error(e))? {
+                let order: BenchOrder = serde_json::from_slice(&message.payload).map_err(|e| {
+                    BenchError::Verification {
+                        mode: Mode::Naive,
+                        database: db.label.clone(),
+                        what: format!("payload is not an order: {e}"),
+                    }
+                })?;
+                let row = NewEvent {
+                    topic: self.topic,
+                    group_id: self.group,
+                    partition: message.partition,
+                    offset: message.offset,
+                    key: message.key.as_deref(),
+                    checksum: &sum,
+                    entity_id: Some(&order.id),
+                    event_time: Some(order.placed_at.naive_utc()),
+                    event_type: Some(&order.kind),
+                    event_version: None,
+                    payload: &message.payload,
+                    created_at: Some(Utc::now().naive_utc()),
+                };
+                conn.insert_event(&row).await.map_err(|e| db.error(e))?;
+            }
+            let total = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if total.is_multiple_of(256) {
+                self.bar.set_position(total);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn listener_spec(
@@ -960,15 +1093,20 @@ fn listener_spec(
     mode: Mode,
     topic: &str,
     group: &str,
-    batch_size: usize,
+    options: &BenchOptions,
 ) -> ListenerSpec {
-    let handler: Arc<dyn Handler> = if mode == Mode::Transactional {
+    let handler: Arc<dyn Handler> = if mode.transactional() {
         Arc::new(BenchEffects)
     } else {
         Arc::new(BenchOrders)
     };
     let mut spec = ListenerSpec::new(handler, topic, group)
-        .batch_size(if mode == Mode::Batch { batch_size } else { 1 })
+        .batch_size(if mode.batched() {
+            options.batch_size.max(1)
+        } else {
+            1
+        })
+        .max_concurrency(options.concurrency.max(1))
         .kafka("bootstrap.servers", kafka.servers.clone());
     for (key, value) in CONSUMER_SETTINGS {
         spec = spec.kafka(key, value);
@@ -1026,66 +1164,7 @@ async fn listen(
     Ok(seconds)
 }
 
-/// `db-ceiling`: 500-row `INSERT … ON CONFLICT DO NOTHING` statements, each autocommitted.
-async fn db_ceiling(
-    db: &Database,
-    group: &str,
-    run_id: &str,
-    n: usize,
-    partitions: i32,
-    bar: &ProgressBar,
-) -> Result<f64, BenchError> {
-    let partitions = partition_count(partitions);
-    let topic = format!("checkpoint-bench-{run_id}");
-    let mut pooled = db.store.conn().await.map_err(|e| db.error(e))?;
-    let mut conn = pooled.conn();
-    let started = Instant::now();
-    let now = Some(Utc::now().naive_utc());
-    for chunk_start in (0..n).step_by(500) {
-        let end = (chunk_start + 500).min(n);
-        let payloads: Vec<(String, String, String)> = (chunk_start..end)
-            .map(|i| {
-                let body = payload(run_id, i);
-                (format!("order-{i}"), checksum(body.as_bytes()), body)
-            })
-            .collect();
-        let orders: Vec<BenchOrder> = payloads
-            .iter()
-            .map(|(_, _, body)| serde_json::from_str(body))
-            .collect::<Result<_, _>>()
-            .map_err(|e| BenchError::Verification {
-                mode: Mode::DbCeiling,
-                database: db.label.clone(),
-                what: format!("payload is not an order: {e}"),
-            })?;
-        let rows: Vec<NewEvent<'_>> = payloads
-            .iter()
-            .zip(&orders)
-            .zip(chunk_start..end)
-            .map(|(((key, sum, body), order), i)| NewEvent {
-                topic: &topic,
-                group_id: group,
-                partition: i32::try_from(i % partitions).unwrap_or(0),
-                offset: i64::try_from(i / partitions).unwrap_or(0),
-                key: Some(key.as_bytes()),
-                checksum: sum,
-                entity_id: Some(&order.id),
-                event_time: Some(order.placed_at.naive_utc()),
-                event_type: Some(&order.kind),
-                event_version: None,
-                payload: body.as_bytes(),
-                created_at: now,
-            })
-            .collect();
-        conn.insert_events_unreported(&rows)
-            .await
-            .map_err(|e| db.error(e))?;
-        bar.set_position(u64::try_from(end).unwrap_or(u64::MAX));
-    }
-    Ok(started.elapsed().as_secs_f64())
-}
-
-/// Fills in each row's ratios: to `naive` and `db-ceiling` on the same database, to `raw`.
+/// Fills in each row's ratios: to `naive` and both ceilings on the same database, to `raw`.
 fn with_ratios(mut rows: Vec<BenchRow>) -> Vec<BenchRow> {
     let rate = |rows: &[BenchRow], mode: Mode, database: &str| {
         rows.iter()
@@ -1097,6 +1176,7 @@ fn with_ratios(mut rows: Vec<BenchRow>) -> Vec<BenchRow> {
         let ratio = |base: Option<f64>| base.map(|b| row.messages_per_second / b);
         row.vs_naive = ratio(rate(&snapshot, Mode::Naive, &row.database));
         row.vs_db_ceiling = ratio(rate(&snapshot, Mode::DbCeiling, &row.database));
+        row.vs_copy_ceiling = ratio(rate(&snapshot, Mode::CopyCeiling, &row.database));
         row.vs_raw = ratio(rate(&snapshot, Mode::Raw, &row.database));
     }
     rows
@@ -1115,8 +1195,8 @@ pub fn render(report: &BenchReport) -> String {
         .map_or_else(|| "?".to_owned(), |b| format!("{:.1} GiB", gib(b)));
     let _ = writeln!(
         out,
-        "machine: {} CPUs, {memory}; batch size {}",
-        report.cpus, report.batch_size
+        "machine: {} CPUs, {memory}; batch size {}; concurrency {}",
+        report.cpus, report.batch_size, report.concurrency
     );
     let settings: Vec<String> = report
         .consumer_settings
@@ -1129,7 +1209,7 @@ pub fn render(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<14} {:<40} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9}",
+        "\n{:<20} {:<40} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
         "mode",
         "database",
         "messages",
@@ -1137,6 +1217,7 @@ pub fn render(report: &BenchReport) -> String {
         "msg/s",
         "x naive",
         "x ceil",
+        "x copy",
         "x raw",
         "peak RSS"
     );
@@ -1147,7 +1228,7 @@ pub fn render(report: &BenchReport) -> String {
             .map_or_else(|| "-".to_owned(), |b| format!("{:.0} MiB", mib(b)));
         let _ = writeln!(
             out,
-            "{:<14} {:<40} {:>9} {:>8.2} {:>10.0} {:>8} {:>8} {:>8} {:>9}",
+            "{:<20} {:<40} {:>9} {:>8.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>9}",
             row.mode.name(),
             truncate(&row.database, 40),
             row.messages,
@@ -1155,6 +1236,7 @@ pub fn render(report: &BenchReport) -> String {
             row.messages_per_second,
             ratio(row.vs_naive),
             ratio(row.vs_db_ceiling),
+            ratio(row.vs_copy_ceiling),
             ratio(row.vs_raw),
             rss
         );
@@ -1216,12 +1298,14 @@ mod tests {
     fn ratios_compare_within_a_database_and_to_raw() {
         let row = |mode, database: &str, rate| BenchRow {
             mode,
+            backend: (database != "-").then_some(Backend::Sqlite),
             database: database.to_owned(),
             messages: 10,
             seconds: 1.0,
             messages_per_second: rate,
             vs_naive: None,
             vs_db_ceiling: None,
+            vs_copy_ceiling: None,
             vs_raw: None,
             peak_rss_bytes: None,
         };
@@ -1231,11 +1315,16 @@ mod tests {
             row(Mode::Naive, "b", 20.0),
             row(Mode::Batch, "a", 40.0),
             row(Mode::DbCeiling, "a", 50.0),
+            row(Mode::CopyCeiling, "a", 80.0),
         ]);
         let batch = &rows[3];
         assert_eq!(batch.vs_naive, Some(4.0));
         assert_eq!(batch.vs_db_ceiling, Some(0.8));
+        assert_eq!(batch.vs_copy_ceiling, Some(0.5));
         assert_eq!(batch.vs_raw, Some(0.4));
         assert_eq!(rows[2].vs_db_ceiling, None);
+        let json = serde_json::to_value(&rows[3]).expect("row as JSON");
+        assert_eq!(json["backend"], "sqlite");
+        assert_eq!(json["mode"], "batch");
     }
 }

@@ -38,25 +38,78 @@ pub(crate) fn check_mysql_url(driver_url: &str) -> Result<(), String> {
         .map_err(|e| chain(&e))
 }
 
-/// Opens a PostgreSQL connection to `driver_url` with the TLS of `tls`.
-pub(crate) async fn postgres(
+/// tokio-postgres's configuration of `driver_url` with the TLS mode of `tls`.
+fn postgres_config(
     tls: &PgTls,
     driver_url: &str,
-) -> Result<AsyncPgConnection, ConnectionError> {
+) -> Result<tokio_postgres::Config, ConnectionError> {
     use tokio_postgres::config::SslMode;
     let mut config: tokio_postgres::Config = driver_url
         .parse()
         .map_err(|e| ConnectionError::InvalidConnectionUrl(chain(&e)))?;
-    let mode = tls.mode();
-    config.ssl_mode(match mode {
+    config.ssl_mode(match tls.mode() {
         PgSslMode::Disable => SslMode::Disable,
         PgSslMode::Prefer => SslMode::Prefer,
         PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => SslMode::Require,
     });
-    let failed = |e: tokio_postgres::Error| {
-        ConnectionError::BadConnection(format!("{} (sslmode={})", chain(&e), mode.name()))
+    Ok(config)
+}
+
+fn postgres_failed(tls: &PgTls) -> impl Fn(tokio_postgres::Error) -> ConnectionError + '_ {
+    |e| ConnectionError::BadConnection(format!("{} (sslmode={})", chain(&e), tls.mode().name()))
+}
+
+/// Opens a PostgreSQL connection to `driver_url` with the TLS of `tls`. `prefer` falls back to
+/// plaintext when TLS fails (a server refusing it, or too old for rustls), as libpq does.
+pub(crate) async fn postgres(
+    tls: &PgTls,
+    driver_url: &str,
+) -> Result<AsyncPgConnection, ConnectionError> {
+    let mut config = postgres_config(tls, driver_url)?;
+    let failed = postgres_failed(tls);
+    let Some(rustls) = tls
+        .client_config()
+        .map_err(ConnectionError::BadConnection)?
+    else {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(failed)?;
+        return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
     };
-    match tls
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
+    match config.connect(connector).await {
+        Ok((client, connection)) => {
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+        Err(with_tls) if tls.mode() == PgSslMode::Prefer => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, connection) =
+                config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|plain| {
+                        ConnectionError::BadConnection(format!(
+                            "with TLS: {}; without: {} (sslmode=prefer)",
+                            chain(&with_tls),
+                            chain(&plain)
+                        ))
+                    })?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// A bare tokio-postgres client of `driver_url` with the TLS of `tls`, for what diesel cannot
+/// express (`COPY`); its connection is driven by a task of its own until the client is dropped.
+pub(crate) async fn postgres_client(
+    tls: &PgTls,
+    driver_url: &str,
+) -> Result<tokio_postgres::Client, ConnectionError> {
+    let config = postgres_config(tls, driver_url)?;
+    let failed = postgres_failed(tls);
+    let client = match tls
         .client_config()
         .map_err(ConnectionError::BadConnection)?
     {
@@ -65,22 +118,33 @@ pub(crate) async fn postgres(
                 .connect(tokio_postgres::NoTls)
                 .await
                 .map_err(failed)?;
-            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            tokio::spawn(connection);
+            client
         }
         Some(rustls) => {
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
             let (client, connection) = config.connect(connector).await.map_err(failed)?;
-            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            tokio::spawn(connection);
+            client
         }
-    }
+    };
+    Ok(client)
 }
 
-/// Opens a MySQL or MariaDB connection to `driver_url` with the TLS of `tls`. `PREFERRED`
-/// falls back to plaintext when the server offers no TLS, as the MySQL client does.
+/// Opens a MySQL or MariaDB connection to `driver_url` with the TLS of `tls`.
 pub(crate) async fn mysql(
     tls: &MysqlTls,
     driver_url: &str,
 ) -> Result<AsyncMysqlConnection, ConnectionError> {
+    AsyncMysqlConnection::try_from(mysql_conn(tls, driver_url).await?).await
+}
+
+/// A bare mysql_async connection of `driver_url` with the TLS of `tls`. `PREFERRED` falls back
+/// to plaintext when the server offers no TLS, as the MySQL client does.
+pub(crate) async fn mysql_conn(
+    tls: &MysqlTls,
+    driver_url: &str,
+) -> Result<mysql_async::Conn, ConnectionError> {
     let opts = mysql_async::Opts::from_url(driver_url)
         .map_err(|e| ConnectionError::InvalidConnectionUrl(chain(&e)))?;
     // As diesel-async's own `establish`: diesel caches statements itself, and counts matched
@@ -100,16 +164,15 @@ pub(crate) async fn mysql(
         );
         ConnectionError::BadConnection(format!("{} (ssl-mode={mode})", chain(&e)))
     };
-    let conn = match mysql_async::Conn::new(builder).await {
-        Ok(conn) => conn,
+    match mysql_async::Conn::new(builder).await {
+        Ok(conn) => Ok(conn),
         Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
             if tls.mode() == Some(MysqlSslMode::Preferred) =>
         {
             mysql_async::Conn::new(plain.ssl_opts(None))
                 .await
-                .map_err(failed)?
+                .map_err(failed)
         }
-        Err(e) => return Err(failed(e)),
-    };
-    AsyncMysqlConnection::try_from(conn).await
+        Err(e) => Err(failed(e)),
+    }
 }

@@ -27,10 +27,11 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
+pub(crate) use self::connect::{mysql_conn, postgres_client};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
-use self::url::Driver;
+pub(crate) use self::url::Driver;
 pub(crate) use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
 
@@ -292,6 +293,9 @@ impl<'c> From<&'c mut AsyncMysqlConnection> for Conn<'c> {
     }
 }
 
+/// Longest time opening one connection (TCP, TLS, authentication, setup) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens one connection of a pool.
 type Open<C> = std::sync::Arc<
     dyn Fn() -> futures_util::future::BoxFuture<'static, diesel::ConnectionResult<C>> + Send + Sync,
@@ -310,7 +314,14 @@ where
     config.custom_setup = Box::new(move |_target| {
         let open = std::sync::Arc::clone(&open);
         Box::pin(async move {
-            let mut conn = open().await?;
+            // The drivers bound the TCP connect, not a server that accepts and never answers.
+            let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, open())
+                .await
+                .map_err(|_| {
+                    diesel::ConnectionError::BadConnection(format!(
+                        "no answer within {CONNECT_TIMEOUT:?}"
+                    ))
+                })??;
             if !setup.is_empty() {
                 conn.batch_execute(setup)
                     .await
@@ -344,6 +355,10 @@ impl Store {
     /// Opens a pool for `url`. No connection is made yet: see [`Store::ping`].
     pub fn connect_with(url: &str, options: &StoreOptions) -> StoreResult<Self> {
         let url = DatabaseUrl::parse(url)?;
+        // mysql_async builds its TLS configuration on rustls's process-wide provider, which
+        // rustls cannot choose by itself when an application also links another one. Ours,
+        // unless the application installed its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let size = options.max_connections;
         let pools = match url.driver().clone() {
             Driver::Sqlite => {
