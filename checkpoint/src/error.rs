@@ -146,3 +146,21 @@ impl StoreError {
 
 /// A `Result` whose error is a [`StoreError`].
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// `error` and every cause under it on one line, joined by `: `, leaving out a cause whose
+/// text the line already holds. Drivers often say only "error performing TLS handshake" at
+/// the top and why underneath.
+#[doc(hidden)]
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use checkpoint::__private::one_line;
 use checkpoint::config::{Config, DEFAULT_PATH};
 use checkpoint::demo::{self, DemoOptions};
 use checkpoint::error::Backend;
@@ -234,21 +235,6 @@ impl DatabaseArgs {
             )
         })
     }
-}
-
-/// The error and its causes on one line.
-fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 async fn run(cli: Cli) -> Result<(), String> {

@@ -13,6 +13,9 @@ pub use crate::handler::{
 };
 pub use crate::message::{Message, Metadata};
 
+/// For the `checkpoint` binary: an error and its causes on one line.
+pub use crate::error::one_line;
+
 /// Turns what a user's `consume` returns into the engine's result.
 #[diagnostic::on_unimplemented(
     message = "`consume` must return `Outcome` or `Result<Outcome, E>` where `E: std::error::Error + Send + Sync + 'static`, not `{Self}`",

@@ -26,7 +26,7 @@ fn toml_blocks(heading: &str) -> Vec<&'static str> {
 fn parse(snippet: &str) -> Config {
     Config::parse_with_env(snippet, "README.md", &|name| {
         Some(match name {
-            "DATABASE_URL" => "postgres://app@db.internal:5432/app?sslmode=verify-full".to_owned(),
+            "DATABASE_URL" => "postgres://app@db.internal:5432/app?sslrootcert=system".to_owned(),
             other => format!("value-of-{other}"),
         })
     })

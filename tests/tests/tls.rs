@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint::listener::{Listener, ListenerError, ListenerSpec};
+use checkpoint::listener::{Listener, ListenerError, ListenerSpec, ListenerStats};
 use checkpoint::store::{Conn, Store};
 use checkpoint::{Engine, StoreError};
 use diesel::sql_types::{Bool, Text};
@@ -292,6 +292,31 @@ fn advertise(owner: &BaseProducer, port: u16) {
     }
 }
 
+/// A listener running in a task of its own.
+struct Running {
+    stats: Arc<ListenerStats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ListenerError>>,
+}
+
+impl Running {
+    fn start(spec: ListenerSpec, db: &TestDb) -> Self {
+        let listener = Listener::new(spec, Engine::new(db.store.clone()));
+        let stats = listener.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(listener.run(async {
+            let _ = stopped.await;
+        }));
+        Self { stats, stop, task }
+    }
+
+    /// Stops the listener gracefully; how it ended.
+    async fn stop(self) -> Result<(), ListenerError> {
+        let _ = self.stop.send(());
+        self.task.await.expect("the listener task panicked")
+    }
+}
+
 fn tls_spec(
     handler: Arc<dyn checkpoint::Handler>,
     topic: &str,
@@ -328,20 +353,15 @@ async fn a_listener_consumes_through_tls() {
             ("ssl.ca.location", pki.ca().display().to_string()),
         ],
     );
-    let listener = Listener::new(spec, Engine::new(db.store.clone()));
-    let stats = listener.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(spec, &db);
+    let stats = Arc::clone(&running.stats);
     wait_until(
         Duration::from_secs(60),
         "50 messages through TLS",
         || async { stats.snapshot().acknowledged >= 50 },
     )
     .await;
-    let _ = stop.send(());
-    task.await.expect("join").expect("listener");
+    running.stop().await.expect("listener");
     assert_eq!(stats.snapshot().acknowledged, 50);
     assert!(proxy.handshakes() >= 1, "no TLS handshake completed");
     assert_eq!(stats.last_client_error(), None);
@@ -365,12 +385,8 @@ async fn the_wrong_ca_is_a_certificate_error() {
             ("ssl.ca.location", pki.other_ca().display().to_string()),
         ],
     );
-    let listener = Listener::new(spec, Engine::new(db.store.clone()));
-    let stats = listener.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(spec, &db);
+    let stats = Arc::clone(&running.stats);
     wait_until(Duration::from_secs(30), "a client error", || async {
         stats.last_client_error().is_some()
     })
@@ -380,8 +396,7 @@ async fn the_wrong_ca_is_a_certificate_error() {
     assert!(error.starts_with("Global error: ") && error.contains("ssl://localhost:"));
     assert!(proxy.failed_handshakes() >= 1);
     assert_eq!(proxy.handshakes(), 0);
-    let _ = stop.send(());
-    task.await.expect("join").expect("listener");
+    running.stop().await.expect("listener");
     let snapshot = stats.snapshot();
     assert_eq!((snapshot.received, snapshot.joined), (0, false));
     db.cleanup().await;
@@ -419,21 +434,17 @@ async fn sasl_ssl_mechanisms_are_built_in() {
             &proxy,
             &properties,
         );
-        let listener = Listener::new(spec, Engine::new(db.store.clone()));
-        let stats = listener.stats();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(listener.run(async {
-            let _ = stopped.await;
-        }));
+        let running = Running::start(spec, &db);
+        let stats = Arc::clone(&running.stats);
         wait_until(
             Duration::from_secs(30),
             "SASL to begin over TLS",
             || async { proxy.handshakes() > handshakes && stats.last_client_error().is_some() },
         )
         .await;
-        let _ = stop.send(());
-        task.await
-            .expect("join")
+        running
+            .stop()
+            .await
             .unwrap_or_else(|e| panic!("{mechanism}: the client was not created: {e}"));
         let error = stats.last_client_error().unwrap_or_default();
         // librdkafka got as far as SASL with the configured mechanism.

@@ -7,21 +7,7 @@ use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
 use super::tls::{MysqlSslMode, MysqlTls, PgSslMode, PgTls};
 
-/// `error` and every cause under it, joined by `: `. Driver errors often say only "error
-/// performing TLS handshake" at the top and why underneath.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+use crate::error::one_line as chain;
 
 /// Checks a PostgreSQL URL (without its TLS parameters) as tokio-postgres will read it.
 pub(crate) fn check_postgres_url(driver_url: &str) -> Result<(), String> {

@@ -259,21 +259,22 @@ impl PgTls {
             }
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match roots {
-            None => Arc::new(NoVerification(Arc::clone(&provider))),
-            Some(roots) => {
-                let store = Arc::new(root_store(&roots)?);
-                let webpki =
-                    WebPkiServerVerifier::builder_with_provider(store, Arc::clone(&provider))
-                        .build()
-                        .map_err(|e| format!("root certificates: {e}"))?;
-                if verify_name {
-                    webpki
-                } else {
-                    Arc::new(AnyName(webpki))
-                }
-            }
+        let chain = match roots {
+            None => None,
+            Some(roots) => Some(
+                WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(root_store(&roots)?),
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| format!("root certificates: {e}"))?,
+            ),
         };
+        let verifier = Arc::new(Verifier {
+            provider: Arc::clone(&provider),
+            chain,
+            check_name: verify_name,
+        });
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?
@@ -355,12 +356,18 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate is not
-/// compared with the host.
+/// The server certificate check of one mode: none (`prefer`, `require` without a root
+/// certificate, libpq's meaning), the chain (`verify-ca`), or the chain and the host name
+/// (`verify-full`). The handshake signatures are checked in every case.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    /// `None`: any certificate is accepted.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -369,55 +376,16 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            // rustls checks the chain before the name: only the name is forgiven here.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a root certificate: encrypted, but any certificate is
-/// accepted (libpq's meaning). The handshake signatures are still checked.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -430,7 +398,7 @@ impl ServerCertVerifier for NoVerification {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -444,12 +412,14 @@ impl ServerCertVerifier for NoVerification {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
