@@ -71,7 +71,8 @@ pub enum Mode {
     DbCeiling,
     /// No Kafka: the database's fastest bulk load of the same rows into the same table
     /// (PostgreSQL binary `COPY`, MySQL `LOAD DATA LOCAL INFILE`, SQLite prepared inserts in
-    /// one transaction): the physical limit of checkpointing here.
+    /// one transaction): an upper bound that checkpointing, which must skip duplicates, does
+    /// not reach.
     CopyCeiling,
 }
 
@@ -189,7 +190,8 @@ impl Default for BenchOptions {
 pub enum BenchError {
     /// `--modes` named a mode that does not exist.
     #[error(
-        "unknown mode `{0}` (expected raw, naive, per-message, transactional, batch or db-ceiling)"
+        "unknown mode `{0}` (expected raw, naive, per-message, transactional, batch, \
+         transactional-batch, db-ceiling or copy-ceiling)"
     )]
     UnknownMode(String),
     /// Nothing to measure.
@@ -1292,6 +1294,9 @@ mod tests {
         }
         let error = "fast".parse::<Mode>().expect_err("unknown");
         assert!(error.to_string().contains("unknown mode `fast`"), "{error}");
+        for mode in Mode::ALL {
+            assert!(error.to_string().contains(mode.name()), "{error}");
+        }
     }
 
     #[test]
