@@ -416,14 +416,52 @@ async fn not_found_bodies(db: TestDb) {
         ("GET", "/v1", "not found"),
         ("GET", "/v1/events/1/nope", "not found"),
         ("POST", "/v1/nope", "not found"),
-        ("PUT", "/v1/events", "not found"),
-        ("DELETE", "/v1/events/1", "not found"),
-        ("GET", "/v1/failures/1/retry", "not found"),
     ];
     for (method, uri, message) in cases {
         let (status, body) = send(&router, method, uri, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {body}");
         assert_eq!(body, error_body(message), "{method} {uri}");
+    }
+    db.cleanup().await;
+}
+
+/// A path that exists with a method it does not serve answers 405 with `Allow` and the JSON
+/// error body, not 404.
+async fn wrong_method_is_405_with_allow(db: TestDb) {
+    let router = plain(&db);
+    let cases = [
+        ("PUT", "/v1/events", "GET,HEAD"),
+        ("DELETE", "/v1/events/1", "GET,HEAD"),
+        ("GET", "/v1/failures/1/retry", "POST"),
+        ("POST", "/health/ready", "GET,HEAD"),
+        ("PATCH", "/v1/failures/1", "GET,HEAD,DELETE"),
+    ];
+    for (method, uri, allow) in cases {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        let allowed = response
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.replace(' ', ""));
+        assert_eq!(allowed.as_deref(), Some(allow), "{method} {uri}");
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).expect("json body");
+        assert_eq!(body, error_body("method not allowed"), "{method} {uri}");
     }
     db.cleanup().await;
 }
@@ -682,6 +720,57 @@ async fn any_payload_renders(db: TestDb) {
     db.cleanup().await;
 }
 
+/// Sends a GET and returns the raw body text, for checks the parsed `Value` would blur.
+async fn get_text(router: &Router, uri: &str) -> (StatusCode, String) {
+    let request = Request::builder()
+        .uri(uri)
+        .body(Body::empty())
+        .expect("request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A JSON payload is embedded as the stored text, so big integers, `-0`, exponents, key order
+/// and duplicate keys survive, and a client can check the bytes against their `checksum`.
+async fn json_payloads_come_back_as_stored(db: TestDb) {
+    let cases: [&str; 6] = [
+        r#"{"n":123456789012345678901234567890}"#,
+        "-0",
+        "1e2",
+        r#"{"b":1,"a":2}"#,
+        r#"{"a":1,"a":2}"#,
+        r#"[1.0,  "\u00e9",{"z" : null}]"#,
+    ];
+    let router = plain(&db);
+    for (i, payload) in cases.into_iter().enumerate() {
+        let checksum = checkpoint::checksum(payload.as_bytes());
+        let mut row = Row::new(&checksum);
+        row.payload = payload.as_bytes();
+        let event = insert_event(&db, row).await;
+        let failure = insert_failure(&db, row).await;
+        for uri in [
+            format!("/v1/events/{event}"),
+            format!("/v1/failures/{failure}"),
+        ] {
+            let (status, text) = get_text(&router, &uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {text}");
+            let expected = format!(r#""payload":{payload},"payload_encoding":"json""#);
+            assert!(
+                text.contains(&expected),
+                "case {i} {uri}: payload not as stored: {text}"
+            );
+        }
+    }
+    db.cleanup().await;
+}
+
 async fn metrics_show_checkpoint_counters(db: TestDb) {
     let handle = api::prometheus();
     let topic = format!("metrics-{}", db.store.backend());
@@ -807,6 +896,7 @@ on_every_backend!(
     ordering_puts_nulls_last,
     failure_renders_and_deletes,
     not_found_bodies,
+    wrong_method_is_405_with_allow,
     bad_parameters_are_400,
     token_guards_mutating_routes,
     retry_failure_outcomes,
@@ -814,6 +904,7 @@ on_every_backend!(
     retry_without_handler_is_409,
     app_handlers_serve_retries,
     any_payload_renders,
+    json_payloads_come_back_as_stored,
     metrics_show_checkpoint_counters,
     openapi_agrees_with_routes,
 );

@@ -5,16 +5,17 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use base64::Engine as _;
 use chrono::{NaiveDateTime, Utc};
 use futures_util::FutureExt as _;
-use serde::{Deserialize, Serialize};
 
 use super::Backoff;
 use crate::crash::{self, CrashPoint};
 use crate::handler::{Ack, Context, Handler, HandlerError, Outcome, default_retry_decision};
-use crate::message::{Header, Message, Metadata, Origin, checksum};
-use crate::store::{Conn, DedupKey, NewEvent, NewFailure, StoreError, check_text, check_time};
+use crate::message::{Message, Metadata, Origin, checksum};
+use crate::store::{
+    Conn, DedupKey, FailureMetadata, JsonBytes, MetadataHeader, NewEvent, NewFailure, StoreError,
+    check_text, check_time,
+};
 
 /// What a listener decides about its messages; the engine reads it on every attempt. The
 /// default: a 1 s – 60 s backoff, retries without bound, no handler timeout.
@@ -287,13 +288,13 @@ impl<'a> Attempt<'a> {
         if !omitted.is_empty() {
             error_message = format!("{error_message} [{}]", omitted.join("; "));
         }
-        let metadata = FailureMetadata::of(self, omitted);
+        let metadata = failure_metadata(self, omitted);
         FailureParts {
             entity_id,
             event_time,
             event_type,
             event_version,
-            metadata: serde_json::to_string(&metadata).unwrap_or_default(),
+            metadata: metadata.to_json(),
             error_message,
             backtrace: serde_json::Value::from(error.backtrace_lines()).to_string(),
         }
@@ -359,115 +360,27 @@ impl FailureParts {
     }
 }
 
-/// Bytes in JSON: text when they are UTF-8, else `{"base64": "…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub(super) enum JsonBytes {
-    Text(String),
-    Binary { base64: String },
-}
-
-impl JsonBytes {
-    fn of(bytes: &[u8]) -> Self {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Self::Text(text.to_owned()),
-            Err(_) => Self::Binary {
-                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
-            },
-        }
-    }
-
-    fn into_bytes(self) -> Option<Vec<u8>> {
-        match self {
-            Self::Text(text) => Some(text.into_bytes()),
-            Self::Binary { base64 } => base64::engine::general_purpose::STANDARD
-                .decode(base64)
-                .ok(),
-        }
-    }
-}
-
-/// One header in a failure's metadata.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct HeaderJson {
-    key: JsonBytes,
-    value: Option<JsonBytes>,
-}
-
-/// The `metadata` column of a failure row: where the message came from and how it was
-/// handled. Written by the engine, read back by operator retries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct FailureMetadata {
-    pub(super) listener_id: String,
-    pub(super) handler: String,
-    pub(super) group_id: String,
-    pub(super) topic: String,
-    pub(super) partition: i32,
-    pub(super) offset: i64,
-    pub(super) key: Option<JsonBytes>,
-    #[serde(default)]
-    pub(super) headers: Vec<HeaderJson>,
-    pub(super) timestamp: Option<String>,
-    pub(super) retry_count: u32,
-    /// Extractor values the failure row could not hold, and why.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(super) omitted: Vec<String>,
-}
-
-impl FailureMetadata {
-    fn of(attempt: &Attempt<'_>, omitted: Vec<String>) -> Self {
-        let message = attempt.message;
-        Self {
-            listener_id: attempt.metadata.listener_id.clone(),
-            handler: attempt.metadata.handler.clone(),
-            group_id: attempt.origin.group_id.clone(),
-            topic: message.topic.clone(),
-            partition: message.partition,
-            offset: message.offset,
-            key: message.key.as_deref().map(JsonBytes::of),
-            headers: message
-                .headers
-                .iter()
-                .map(|h| HeaderJson {
-                    key: JsonBytes::of(&h.key),
-                    value: h.value.as_deref().map(JsonBytes::of),
-                })
-                .collect(),
-            timestamp: message.timestamp.map(|t| t.to_rfc3339()),
-            retry_count: attempt.metadata.retry_count,
-            omitted,
-        }
-    }
-
-    /// The headers stored in a failure's `metadata`; none when it does not parse.
-    pub(super) fn headers_of(metadata: &str) -> Vec<Header> {
-        serde_json::from_str::<Self>(metadata)
-            .map(|m| {
-                m.headers
-                    .into_iter()
-                    .filter_map(|h| {
-                        Some(Header {
-                            key: h.key.into_bytes()?,
-                            value: h.value.and_then(JsonBytes::into_bytes),
-                        })
-                    })
-                    .collect()
+/// The failure metadata of `attempt`, with the extractor values that could not be stored.
+fn failure_metadata(attempt: &Attempt<'_>, omitted: Vec<String>) -> FailureMetadata {
+    let message = attempt.message;
+    FailureMetadata {
+        listener_id: attempt.metadata.listener_id.clone(),
+        handler: attempt.metadata.handler.clone(),
+        group_id: attempt.origin.group_id.clone(),
+        topic: message.topic.clone(),
+        partition: message.partition,
+        offset: message.offset,
+        key: message.key.as_deref().map(JsonBytes::of),
+        headers: message
+            .headers
+            .iter()
+            .map(|h| MetadataHeader {
+                key: JsonBytes::of(&h.key),
+                value: h.value.as_deref().map(JsonBytes::of),
             })
-            .unwrap_or_default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn binary_bytes_round_trip_through_json() {
-        let binary = JsonBytes::of(&[0xff, 0x00]);
-        assert!(matches!(binary, JsonBytes::Binary { .. }));
-        let text = serde_json::to_string(&binary).expect("json");
-        let back: JsonBytes = serde_json::from_str(&text).expect("parse");
-        assert_eq!(back.into_bytes(), Some(vec![0xff, 0x00]));
-        assert_eq!(JsonBytes::of(b"text").into_bytes(), Some(b"text".to_vec()));
+            .collect(),
+        timestamp: message.timestamp.map(|t| t.to_rfc3339()),
+        retry_count: attempt.metadata.retry_count,
+        omitted,
     }
 }

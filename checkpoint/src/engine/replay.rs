@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use super::attempt::{Attempt, FailureMetadata};
+use super::attempt::Attempt;
 use super::session::{Progress, WaitCause};
 use super::triage::RetryMode;
 use super::{Disposition, Engine, EngineError, Policy, RetryOutcome};
 use crate::handler::{BoxFuture, Handler};
 use crate::message::{Message, Origin};
+use crate::store::{Event, Failure, FailureMetadata};
 
 /// How long an operator's retry waits for the database once `consume` has run, before it
 /// answers with an error (the request must end; the message's own delivery is not affected).
@@ -50,8 +51,21 @@ impl Engine {
             .get_failure(failure_id)
             .await?
             .ok_or(EngineError::FailureNotFound(failure_id))?;
+        self.retry_failure_row(handler, failure).await
+    }
+
+    /// [`retry_failure`](Self::retry_failure) of a row already loaded, as the API's retry
+    /// route has it.
+    pub async fn retry_failure_row(
+        &self,
+        handler: &dyn Handler,
+        failure: Failure,
+    ) -> Result<RetryOutcome, EngineError> {
+        let failure_id = failure.id;
         let message = Message {
-            headers: FailureMetadata::headers_of(&failure.metadata),
+            headers: FailureMetadata::parse(&failure.metadata)
+                .map(|m| m.headers())
+                .unwrap_or_default(),
             topic: failure.topic,
             partition: failure.partition,
             offset: failure.offset,
@@ -85,6 +99,16 @@ impl Engine {
             .get_event(event_id)
             .await?
             .ok_or(EngineError::EventNotFound(event_id))?;
+        self.retry_event_row(handler, event).await
+    }
+
+    /// [`retry_event`](Self::retry_event) of a row already loaded, as the API's retry route
+    /// has it.
+    pub async fn retry_event_row(
+        &self,
+        handler: &dyn Handler,
+        event: Event,
+    ) -> Result<RetryOutcome, EngineError> {
         let message = Message {
             topic: event.topic,
             partition: event.partition,

@@ -7,6 +7,7 @@
 //! [`Conn::load`]).
 
 mod connect;
+mod metadata;
 pub mod models;
 mod queries;
 pub mod schema;
@@ -28,6 +29,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
 pub(crate) use self::connect::{mysql_conn, postgres_client};
+pub use self::metadata::{FailureMetadata, JsonBytes, MetadataHeader};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;

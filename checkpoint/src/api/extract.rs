@@ -1,0 +1,90 @@
+//! Typed request parts: a row id from the path, and a listing's paging and filters.
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+
+use super::error::{ApiError, ApiResult};
+use super::{MAX_LIMIT, MAX_QUERY_BYTES};
+use crate::store::ListQuery;
+
+/// A row id from the path: a non-negative integer, else 400.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Id(pub(super) i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = || ApiError::BadRequest("invalid id: must be a non-negative integer".into());
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid())?;
+        match raw.parse::<i64>() {
+            Ok(id) if id >= 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(Self(id)),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// `limit`, `offset` and the exact-match filters from the query string.
+#[derive(Debug)]
+pub(super) struct Listing(pub(super) ListQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for Listing {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let pairs = query_pairs(parts.uri.query().unwrap_or(""))?;
+        let mut query = ListQuery::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                "limit" => query.limit = number("limit", &value, Some(MAX_LIMIT))?,
+                "offset" => query.offset = number("offset", &value, None)?,
+                "entity_id" => query.entity_id = Some(filter("entity_id", value)?),
+                "topic" => query.topic = Some(filter("topic", value)?),
+                "group_id" => query.group_id = Some(filter("group_id", value)?),
+                "event_type" => query.event_type = Some(filter("event_type", value)?),
+                _ => {}
+            }
+        }
+        Ok(Self(query))
+    }
+}
+
+fn query_pairs(raw: &str) -> ApiResult<Vec<(String, String)>> {
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::QueryTooLong);
+    }
+    let uri: axum::http::Uri = format!("/?{raw}")
+        .parse()
+        .map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+            .map_err(|_| ApiError::BadRequest("invalid query string".into()))?;
+    Ok(pairs)
+}
+
+/// An exact-match filter value; NUL cannot be stored, and PostgreSQL refuses it in a query.
+fn filter(name: &str, value: String) -> ApiResult<String> {
+    if value.contains('\0') {
+        return Err(ApiError::BadRequest(format!(
+            "invalid {name}: must not contain NUL"
+        )));
+    }
+    Ok(value)
+}
+
+/// A non-negative integer parameter, at most `max`.
+fn number(name: &str, value: &str, max: Option<i64>) -> ApiResult<i64> {
+    let bound = max.map_or_else(String::new, |m| format!(" and at most {m}"));
+    let invalid =
+        || ApiError::BadRequest(format!("invalid {name}: must be an integer from 0{bound}"));
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let n: i64 = value.parse().map_err(|_| invalid())?;
+    match max {
+        Some(m) if n > m => Err(invalid()),
+        _ => Ok(n),
+    }
+}

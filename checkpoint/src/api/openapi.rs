@@ -1,0 +1,314 @@
+//! The OpenAPI 3.0 document served at `/openapi.json`.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+use super::{DEFAULT_LIMIT, MAX_LIMIT};
+
+pub(super) async fn serve_document() -> Json<Value> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.0 document served at `/openapi.json`.
+pub fn openapi_document() -> Value {
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        })
+    };
+    let ok = |description: &str, schema: Value| json!({"description": description, "content": {"application/json": {"schema": schema}}});
+    let id = json!({
+        "name": "id", "in": "path", "required": true,
+        "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": i64::MAX}
+    });
+    let filter = |name: &str| {
+        json!({"name": name, "in": "query", "required": false,
+               "schema": {"type": "string", "pattern": "^[^\\u0000]*$"},
+               "description": format!("exact match on {name}; NUL is refused with 400")})
+    };
+    let paging = [
+        json!({"name": "limit", "in": "query", "required": false,
+               "schema": {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}),
+        json!({"name": "offset", "in": "query", "required": false,
+               "schema": {"type": "integer", "format": "int64", "minimum": 0,
+                          "maximum": i64::MAX, "default": 0}}),
+    ];
+    let filters = vec![
+        filter("entity_id"),
+        filter("topic"),
+        filter("group_id"),
+        filter("event_type"),
+    ];
+    let list_params: Vec<Value> = paging.iter().chain(&filters).cloned().collect();
+    let schema_ref = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
+    let array_of = |name: &str| json!({"type": "array", "items": schema_ref(name)});
+    let auth = json!([{"bearer": []}, {}]);
+    let ack = ok("retried or deleted", schema_ref("Acknowledged"));
+    let timestamp = json!({"type": "string", "format": "date-time", "nullable": true,
+                           "example": "2026-11-27T12:30:45.123Z"});
+    let event_properties = json!({
+        "id": {"type": "integer", "format": "int64"},
+        "topic": {"type": "string"},
+        "group_id": {"type": "string"},
+        "partition": {"type": "integer", "format": "int32"},
+        "offset": {"type": "integer", "format": "int64"},
+        "key": {"type": "string", "nullable": true},
+        "key_encoding": {"type": "string", "enum": ["base64"],
+                         "description": "present when the key is not UTF-8"},
+        "entity_id": {"type": "string", "nullable": true},
+        "event_time": timestamp,
+        "event_type": {"type": "string", "nullable": true},
+        "event_version": {"type": "string", "nullable": true},
+        "checksum": {"type": "string"},
+        "payload": {"description": "the stored JSON text embedded as it is (payload_encoding json), \
+                                    or the UTF-8 text, or standard base64"},
+        "payload_encoding": {"type": "string", "enum": ["json", "utf8", "base64"]},
+        "created_at": timestamp,
+    });
+    let mut failure_properties = event_properties.clone();
+    if let Value::Object(p) = &mut failure_properties {
+        p.insert(
+            "metadata".into(),
+            json!({"type": "object", "description": "where the message came from and how it \
+                   was handled: listener_id, handler, group_id, topic, partition, offset, key, \
+                   headers, timestamp, retry_count, omitted"}),
+        );
+        p.insert("error_class".into(), json!({"type": "string"}));
+        p.insert("error_message".into(), json!({"type": "string"}));
+        p.insert(
+            "error_backtrace".into(),
+            json!({"type": "array", "items": {"type": "string"}}),
+        );
+        p.insert("attempts".into(), json!({"type": "integer"}));
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "checkpoint API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Events and failures checkpointed by checkpoint. Every error is \
+                            {\"error\":true,\"message\":\"…\"}."
+        },
+        "paths": {
+            "/health/live": {"get": {
+                "summary": "liveness: the process answers",
+                "responses": {"200": {"description": "alive",
+                    "content": {"application/json": {"schema": {"type": "object",
+                        "properties": {"live": {"type": "boolean"}}}}}}}
+            }},
+            "/health/ready": {"get": {
+                "summary": "readiness: the database answers and every listener has joined its group",
+                "responses": {
+                    "200": {"description": "ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}},
+                    "503": {"description": "not ready; the body says which check failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
+                }
+            }},
+            "/ping": {"get": {
+                "summary": "liveness",
+                "responses": {"200": {"description": "PONG",
+                    "content": {"text/plain": {"schema": {"type": "string", "example": "PONG"}}}}}
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "404": error("metrics are not enabled")
+                }
+            }},
+            "/openapi.json": {"get": {
+                "summary": "this document",
+                "responses": {"200": ok("OpenAPI 3.0 document", json!({"type": "object"}))}
+            }},
+            "/v1/events": {"get": {
+                "summary": "list events, newest event_time first (NULLs last)",
+                "parameters": list_params,
+                "responses": {
+                    "200": ok("events", array_of("Event")),
+                    "400": error("invalid parameter"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/events/{id}": {"get": {
+                "summary": "one event",
+                "parameters": [id],
+                "responses": {
+                    "200": ok("the event", schema_ref("Event")),
+                    "400": error("invalid id"),
+                    "404": error("event not found"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/events/{id}/retry": {"post": {
+                "summary": "re-run a stored event through its registered handler",
+                "parameters": [id],
+                "security": auth,
+                "responses": {
+                    "200": ack,
+                    "400": error("invalid id"),
+                    "401": error("missing or invalid bearer token"),
+                    "404": error("event not found"),
+                    "409": error("no handler for the event's topic and group in this process"),
+                    "422": error("the handler failed"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/failures": {"get": {
+                "summary": "list failures, newest event_time first (NULLs last)",
+                "parameters": list_params,
+                "responses": {
+                    "200": ok("failures", array_of("Failure")),
+                    "400": error("invalid parameter"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/failures/count": {"get": {
+                "summary": "number of failures matching the filters",
+                "parameters": filters,
+                "responses": {
+                    "200": ok("the count", json!({"type": "object",
+                        "properties": {"count": {"type": "integer"}}, "required": ["count"]})),
+                    "400": error("invalid parameter"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/failures/{id}": {
+                "get": {
+                    "summary": "one failure",
+                    "parameters": [id],
+                    "responses": {
+                        "200": ok("the failure", schema_ref("Failure")),
+                        "400": error("invalid id"),
+                        "404": error("failure not found"),
+                        "503": error("database unavailable")
+                    }
+                },
+                "delete": {
+                    "summary": "delete a failure",
+                    "parameters": [id],
+                    "security": auth,
+                    "responses": {
+                        "200": ok("deleted", schema_ref("Acknowledged")),
+                        "400": error("invalid id"),
+                        "401": error("missing or invalid bearer token"),
+                        "404": error("failure not found"),
+                        "503": error("database unavailable")
+                    }
+                }
+            },
+            "/v1/failures/{id}/retry": {"post": {
+                "summary": "re-run a failure through its registered handler: ack stores the \
+                            event and deletes the failure; skip deletes it; an error keeps it \
+                            with one more attempt",
+                "parameters": [id],
+                "security": auth,
+                "responses": {
+                    "200": ack,
+                    "400": error("invalid id"),
+                    "401": error("missing or invalid bearer token"),
+                    "404": error("failure not found"),
+                    "409": error("no handler for the failure's topic and group in this process"),
+                    "422": error("the handler failed; the failure is kept"),
+                    "503": error("database unavailable")
+                }
+            }}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "required on POST and DELETE when a token is configured"}},
+            "schemas": {
+                "Readiness": {"type": "object", "required": ["ready", "database", "listeners"], "properties": {
+                    "ready": {"type": "boolean"},
+                    "database": {"type": "object", "properties": {
+                        "ok": {"type": "boolean"}, "error": {"type": "string"}}},
+                    "listeners": {"type": "array", "items": {"type": "object", "properties": {
+                        "listener_id": {"type": "string"},
+                        "joined": {"type": "boolean"},
+                        "assigned_partitions": {"type": "integer"},
+                        "kafka_error": {"type": ["string", "null"],
+                            "description": "the last error librdkafka reported since the last assignment (secrets masked)"}}}}
+                }},
+                "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                    "error": {"type": "boolean", "enum": [true]},
+                    "message": {"type": "string"}
+                }},
+                "Acknowledged": {"type": "object", "required": ["acknowledged"], "properties": {
+                    "acknowledged": {"type": "boolean"}
+                }},
+                "Event": {"type": "object", "properties": event_properties},
+                "Failure": {"type": "object", "properties": failure_properties}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use chrono::NaiveDateTime;
+
+    use super::*;
+    use crate::api::{EventBody, FailureBody};
+    use crate::store::{Event, Failure};
+
+    fn documented(schema: &str) -> BTreeSet<String> {
+        openapi_document()["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn served(body: Value) -> BTreeSet<String> {
+        body.as_object().expect("object").keys().cloned().collect()
+    }
+
+    /// Every field the typed bodies serialize is documented, and nothing else is; a binary key
+    /// brings the optional `key_encoding`.
+    #[test]
+    fn schemas_match_the_typed_bodies_field_by_field() {
+        let time = NaiveDateTime::default();
+        let event = Event {
+            id: 1,
+            topic: "t".into(),
+            group_id: "g".into(),
+            partition: 0,
+            offset: 0,
+            key: Some(vec![0xff]),
+            checksum: "c".into(),
+            entity_id: None,
+            event_time: Some(time),
+            event_type: None,
+            event_version: None,
+            payload: b"{}".to_vec(),
+            created_at: Some(time),
+        };
+        let failure = Failure {
+            id: 1,
+            created_at: Some(time),
+            topic: "t".into(),
+            group_id: "g".into(),
+            partition: 0,
+            offset: 0,
+            key: Some(vec![0xff]),
+            checksum: "c".into(),
+            entity_id: None,
+            event_time: None,
+            event_type: None,
+            event_version: None,
+            payload: vec![0xff],
+            metadata: "{}".into(),
+            error_class: "e".into(),
+            error_message: "m".into(),
+            error_backtrace: "[]".into(),
+            attempts: 1,
+        };
+        let event = serde_json::to_value(EventBody::from(&event)).expect("event");
+        let failure = serde_json::to_value(FailureBody::from(&failure)).expect("failure");
+        assert_eq!(served(event), documented("Event"));
+        assert_eq!(served(failure), documented("Failure"));
+    }
+}
