@@ -62,6 +62,13 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// `[api] enabled` is true, but this build has no API: enable the crate's `api` feature,
+    /// or set `[api] enabled = false`.
+    #[error(
+        "[api] enabled is true, but checkpoint was built without its `api` feature: enable \
+         it, or set [api] enabled = false"
+    )]
+    ApiNotBuilt,
 }
 
 /// How long shutdown waits for the API's requests in flight.
@@ -192,6 +199,9 @@ impl App {
         if !self.config.api.enabled {
             return Ok(None);
         }
+        if cfg!(not(feature = "api")) {
+            return Err(AppError::ApiNotBuilt);
+        }
         let addr = self.config.api.bind;
         let error = |source| AppError::Api { addr, source };
         if self.api.is_none() {
@@ -219,6 +229,12 @@ impl App {
             None => None,
         };
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        #[cfg(not(feature = "api"))]
+        let serving: Option<tokio::task::JoinHandle<std::io::Result<()>>> = {
+            drop((api, api_stopped));
+            None
+        };
+        #[cfg(feature = "api")]
         let serving = match api {
             Some((addr, Some(socket))) => {
                 use crate::api::{ApiState, Handlers, ListenerProbe, prometheus, router, serve};

@@ -8,12 +8,31 @@
 //! keeps failing becomes a row in `checkpoint_failures` that you can inspect and retry.
 //!
 //! ## Tour
-//! - [`Handler`]: what a handler is (`#[checkpoint_handler]` writes it for you).
+//! - [`Handler`]: what a handler is (`#[checkpoint_handler]` writes it for you), with its
+//!   [`Context`], [`Outcome`] and [`HandlerError`].
+//! - [`App`]: runs the [`listener`]s of a [`config`] file, and the API, in one process.
+//! - [`listener::Listener`]: consumes one topic in one group and takes every message through
+//!   the [`Engine`], committing an offset only after its row is durable.
 //! - [`Engine`]: takes one message through the checkpoint algorithm (duplicate check, consume,
 //!   ack / skip / retry / failure, notifications).
 //! - [`store::Store`]: the events and failures on SQLite, PostgreSQL or MySQL/MariaDB, with a
-//!   public diesel [`store::schema`].
+//!   public diesel [`store::schema`] and the base migrations.
+//! - `api` (feature `api`): the HTTP routes over the store and the engine, typed bodies and an
+//!   OpenAPI document.
+//! - [`retention`]: pruning old rows in batches.
 //! - [`instrument`]: the notification names, their metrics, and observers.
+//! - `testing` (feature `test-util`): a chaos harness that SIGKILLs your consumer at every
+//!   crash point, and the Kafka fixtures the tests and tools share.
+//!
+//! ## Features
+//! | feature | default | |
+//! |---|---|---|
+//! | `api` | yes | `checkpoint::api` (axum) and the Prometheus exporter |
+//! | `cli` | yes | the `checkpoint` binary; implies `api` and `test-util` |
+//! | `test-util` | with `cli` | `checkpoint::testing` and the crash points it arms |
+//!
+//! An application depends on the library alone:
+//! `checkpoint = { version = "0.1", default-features = false, features = ["api"] }`.
 //!
 //! ## A hand-written handler
 //! ```
@@ -50,16 +69,11 @@
 // crate's own tests.
 extern crate self as checkpoint;
 
+#[cfg(feature = "api")]
 pub mod api;
 pub mod app;
-pub mod bench;
-mod brokers;
-#[cfg(feature = "test-util")]
-pub mod chaos;
-pub mod cli;
 pub mod config;
 mod crash;
-pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod handler;
@@ -77,7 +91,7 @@ pub mod testing;
 pub mod __private;
 
 pub use crate::app::App;
-pub use crate::engine::{Backoff, CheckedAhead, Disposition, Engine, EngineError, RetryOutcome};
+pub use crate::engine::{Backoff, Disposition, Engine, EngineError, RetryOutcome};
 pub use crate::error::{Backend, StoreError};
 pub use crate::handler::{Ack, Context, DecodeError, Handler, HandlerError, Outcome};
 pub use crate::message::{Header, Message, Metadata, Origin, checksum};

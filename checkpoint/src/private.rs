@@ -15,6 +15,9 @@ pub use crate::message::{Message, Metadata};
 
 /// For the `checkpoint` binary: an error and its causes on one line.
 pub use crate::error::one_line;
+/// For the `checkpoint` binary's bench: its bulk-load ceilings connect as the store does and
+/// write through a store connection of any backend.
+pub use crate::store::{RawConnection, mask_password, raw_connection};
 
 /// Turns what a user's `consume` returns into the engine's result.
 #[diagnostic::on_unimplemented(

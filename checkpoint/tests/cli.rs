@@ -31,6 +31,8 @@ fn version_and_help() {
         "migration",
         "demo",
         "chaos",
+        "dev-kafka",
+        "bench",
         "prune",
         "migrate",
         "rollback",
@@ -606,4 +608,121 @@ fn the_api_command_serves_the_database() {
         bad.starts_with("HTTP/1.1 400") && bad.contains(r#""error":true"#),
         "{bad}"
     );
+}
+
+/// A hand-written handler registered as `orders`, the name `init`'s configuration uses.
+struct Orders;
+
+impl checkpoint::Handler for Orders {
+    fn name(&self) -> &str {
+        "orders"
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a checkpoint::Message,
+        _ctx: &'a mut checkpoint::Context<'_>,
+    ) -> checkpoint::handler::BoxFuture<'a, Result<checkpoint::Outcome, checkpoint::HandlerError>>
+    {
+        Box::pin(async move {
+            let id = String::from_utf8_lossy(&message.payload).into_owned();
+            Ok(checkpoint::Outcome::ack(id, chrono::Utc::now()))
+        })
+    }
+}
+
+/// The README's path on a laptop with no Kafka: `checkpoint init`, then `checkpoint
+/// dev-kafka`, then an App built from `init`'s configuration consumes from it. SIGTERM stops
+/// `dev-kafka` cleanly.
+#[test]
+fn an_app_from_init_consumes_from_dev_kafka() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = checkpoint(&["init"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .args([
+            "dev-kafka",
+            "--port",
+            &port.to_string(),
+            "--topic",
+            "orders:3",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dev-kafka");
+    let mut stdout = BufReader::new(broker.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    assert_eq!(
+        first.trim(),
+        format!("Kafka (librdkafka mock cluster) on 127.0.0.1:{port}")
+    );
+    let servers = format!("127.0.0.1:{port}");
+    let database = format!("sqlite://{}", dir.path().join("checkpoint.db").display());
+    let text_config =
+        std::fs::read_to_string(dir.path().join("checkpoint.toml")).expect("checkpoint.toml");
+    let mut config =
+        checkpoint::config::Config::parse_with_env(&text_config, "checkpoint.toml", &|name| {
+            match name {
+                "KAFKA_BROKERS" => Some(servers.clone()),
+                "DATABASE_URL" => Some(database.clone()),
+                _ => None,
+            }
+        })
+        .expect("init's configuration parses");
+    // The API is not what this test is about, and its port may be taken.
+    config.api.enabled = false;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let consumed = runtime.block_on(async {
+        let produced: Vec<(i32, String, String)> = (0..30)
+            .map(|i| (i % 3, format!("k-{i}"), format!("order-{i}")))
+            .collect();
+        checkpoint::testing::produce(&servers, "orders", produced, || {})
+            .await
+            .expect("produced through dev-kafka");
+        let app = checkpoint::App::builder()
+            .handler(Orders)
+            .config(config)
+            .build()
+            .await
+            .expect("app");
+        let store = app.engine().store().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut consumed = 0;
+        while std::time::Instant::now() < deadline {
+            consumed = store
+                .list_events(&checkpoint::store::ListQuery {
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .expect("events")
+                .len();
+            if consumed == 30 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = stop.send(());
+        running.await.expect("app task").expect("app ran");
+        consumed
+    });
+    let term = Command::new("kill")
+        .args(["-TERM", &broker.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = broker.wait().expect("dev-kafka exits");
+    assert_eq!(consumed, 30, "events stored from dev-kafka");
+    assert!(status.success(), "dev-kafka after SIGTERM: {status}");
 }

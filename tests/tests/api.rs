@@ -988,3 +988,56 @@ async fn serves_over_a_real_socket() {
     server.await.expect("join").expect("serve");
     db.cleanup().await;
 }
+
+/// What the HTTP stack answers before the router, as the README lists it: a malformed request
+/// line is 400 and a header block beyond hyper's buffer is 431, both with an empty body (not
+/// the JSON error). A query string over the API's own limit is still the router's JSON 414.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_the_router_are_as_documented() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = TestDb::sqlite().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, plain(&db), async move {
+        let _ = stopped.await;
+    }));
+    let exchange = |request: Vec<u8>| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // The server may answer and close before it has read everything we send.
+        let _ = stream.write_all(&request).await;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+        (head.to_owned(), body.to_owned())
+    };
+
+    let (head, body) = exchange(b"NOT A REQUEST LINE\r\n\r\n".to_vec()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(body, "", "{head}");
+
+    let huge = format!(
+        "GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let (head, body) = exchange(huge.into_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    assert_eq!(body, "", "{head}");
+
+    let long_query = format!(
+        "GET /v1/events?entity_id={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(api::MAX_QUERY_BYTES + 1)
+    );
+    let (head, body) = exchange(long_query.into_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 414"), "{head}");
+    let body: Value = serde_json::from_str(&body).expect("the router's JSON error");
+    assert_eq!(body["error"], true);
+
+    stop.send(()).expect("server running");
+    server.await.expect("join").expect("serve");
+    db.cleanup().await;
+}

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checkpoint::handler::{BoxFuture, decode_json};
-use checkpoint::listener::{Listener, ListenerError, ListenerSpec, committed_offsets};
+use checkpoint::listener::{Listener, ListenerError, ListenerSpec};
 use checkpoint::prelude::*;
 use checkpoint::store::{Conn, Failure, ListQuery, StoreOptions};
+use checkpoint::testing::committed_offsets;
 use checkpoint::{Backend, Backoff, Disposition, Engine, Origin, Store};
 use checkpoint_tests::Order;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
@@ -746,4 +747,81 @@ mod a_store_error_after_consume_does_not_run_consume_again {
             super::a_store_error_after_consume_does_not_run_consume_again(db).await;
         }
     }
+}
+
+/// A handler whose first call announces that it is inside `consume`, then sleeps before it
+/// returns; it records whether its call ran to its end or was dropped at the await.
+struct InsideConsume {
+    entered: tokio::sync::Notify,
+    finished: std::sync::atomic::AtomicBool,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets `cancelled` when dropped before `disarm`.
+struct CancelGuard(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(cancelled) = self.0.take() {
+            cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Handler for InsideConsume {
+    fn name(&self) -> &str {
+        "inside-consume"
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        _ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+        Box::pin(async move {
+            let mut guard = CancelGuard(Some(Arc::clone(&self.cancelled)));
+            self.entered.notify_one();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            guard.0 = None;
+            self.finished
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let id = String::from_utf8_lossy(&message.payload).into_owned();
+            ack(&id)
+        })
+    }
+}
+
+/// The caller of `Listener::run` may stop waiting for it (a `select!`, a timeout): dropping
+/// its future must not cancel a handler inside `consume` at its await. The call in hand runs to
+/// its end and its message settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_running_listener_does_not_cancel_consume() {
+    let db = TestDb::sqlite().await;
+    let cluster = Cluster::new(TOPIC, 1);
+    cluster.produce(TOPIC, &orders(1)).await;
+    let handler = Arc::new(InsideConsume {
+        entered: tokio::sync::Notify::new(),
+        finished: std::sync::atomic::AtomicBool::new(false),
+        cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    });
+    let mut spec = ListenerSpec::new(Arc::clone(&handler) as Arc<dyn Handler>, TOPIC, GROUP);
+    spec.kafka = cluster.kafka();
+    let listener = Listener::new(spec, Engine::new(db.store.clone()));
+    let run = listener.run(std::future::pending::<()>());
+    tokio::select! {
+        ended = run => panic!("the listener ended by itself: {ended:?}"),
+        () = handler.entered.notified() => {}
+    }
+    // `run` is dropped now, with `consume` at its await.
+    let started = Instant::now();
+    while db.event_count().await < 1 && started.elapsed() < FAULT_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !handler.cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        "consume was cancelled at its await when the listener's future was dropped"
+    );
+    assert!(handler.finished.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(db.event_count().await, 1, "the message in hand settled");
+    db.cleanup().await;
 }

@@ -6,8 +6,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use checkpoint::listener::{Listener, ListenerSpec, committed_offsets};
+use checkpoint::listener::{Listener, ListenerSpec};
 use checkpoint::prelude::*;
+use checkpoint::testing::committed_offsets;
 use checkpoint::{Backoff, Engine};
 use checkpoint_tests::Sink;
 use support::TestDb;

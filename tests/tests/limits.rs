@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use checkpoint::handler::BoxFuture;
-use checkpoint::listener::{Listener, ListenerError, ListenerSpec, committed_offsets};
+use checkpoint::listener::{Listener, ListenerError, ListenerSpec};
 use checkpoint::prelude::*;
+use checkpoint::testing::committed_offsets;
 use checkpoint::{Backoff, Engine, Store};
 use support::TestDb;
 use support::kafka::{Cluster, wait_until};

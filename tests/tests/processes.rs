@@ -148,6 +148,15 @@ impl Effects {
         self.lines.lock().expect("lines").iter().any(|l| l == text)
     }
 
+    /// Whether it printed a line starting with `prefix`.
+    fn said_something_like(&self, prefix: &str) -> bool {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.starts_with(prefix))
+    }
+
     /// SIGTERM, then the `SETTLED <n>` it prints on its clean exit.
     async fn stop(mut self) -> u64 {
         let pid = self.process.0.id().to_string();
@@ -297,10 +306,18 @@ async fn rebalance_scenario(db: TestDb, servers: String) {
     let first = start();
     let mut settled = Vec::new();
     for _round in 0..2 {
+        // Each newcomer is waited for until it has partitions and is inside an order, rather
+        // than for a fixed time: a slow start must not make it leave with nothing settled.
         let joining = start();
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        wait_until(TIMEOUT, "the joining consumer inside an order", || {
+            std::future::ready(joining.said_something_like("APPLIED "))
+        })
+        .await;
         let another = start();
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        wait_until(TIMEOUT, "the third consumer inside an order", || {
+            std::future::ready(another.said_something_like("APPLIED "))
+        })
+        .await;
         settled.push(joining.stop().await);
         tokio::time::sleep(Duration::from_secs(2)).await;
         settled.push(another.stop().await);
@@ -315,7 +332,7 @@ async fn rebalance_scenario(db: TestDb, servers: String) {
             break;
         }
         if std::time::Instant::now() >= deadline {
-            let committed = checkpoint::listener::committed_offsets(
+            let committed = checkpoint::testing::committed_offsets(
                 &cluster.kafka(),
                 topic,
                 group,

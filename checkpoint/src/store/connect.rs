@@ -162,3 +162,25 @@ pub(crate) async fn mysql_conn(
         Err(e) => Err(failed(e)),
     }
 }
+
+/// A bare connection of a store's URL, with the store's TLS, for what diesel cannot express
+/// (the bench's bulk loads).
+pub enum RawConnection {
+    /// A tokio-postgres client; its connection is driven by a task of its own.
+    Postgres(tokio_postgres::Client),
+    /// A mysql_async connection.
+    Mysql(mysql_async::Conn),
+    /// SQLite has no other client: use a store connection.
+    Sqlite,
+}
+
+/// Opens a [`RawConnection`] to `url`.
+pub async fn raw_connection(url: &super::DatabaseUrl) -> Result<RawConnection, ConnectionError> {
+    Ok(match url.driver() {
+        super::Driver::Postgres { tls, url } => {
+            RawConnection::Postgres(postgres_client(tls, url).await?)
+        }
+        super::Driver::Mysql { tls, url } => RawConnection::Mysql(mysql_conn(tls, url).await?),
+        super::Driver::Sqlite => RawConnection::Sqlite,
+    })
+}

@@ -8,6 +8,7 @@
 
 mod connect;
 mod metadata;
+mod migrations;
 pub mod models;
 mod queries;
 pub mod schema;
@@ -24,25 +25,22 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
-pub(crate) use self::connect::{mysql_conn, postgres_client};
+pub use self::connect::{RawConnection, raw_connection};
 pub use self::metadata::{FailureMetadata, JsonBytes, MetadataHeader};
+pub use self::migrations::{BASE_MIGRATIONS, BaseMigration};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
 pub(crate) use self::url::Driver;
-pub(crate) use self::url::mask_password;
+pub use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
 
 /// The async SQLite connection (diesel's bundled SQLite driven on tokio's blocking pool).
 pub type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
-
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
-const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
 
 /// Applied to every SQLite connection: WAL lets readers (the API) run beside the writer,
 /// `synchronous=FULL` makes a commit durable before its Kafka offset is committed, and the busy
@@ -236,7 +234,8 @@ impl<'c> Conn<'c> {
         }
     }
 
-    pub(crate) fn query_error(&self, source: diesel::result::Error) -> StoreError {
+    /// The store's error for a diesel query of yours on this connection that failed.
+    pub fn query_error(&self, source: diesel::result::Error) -> StoreError {
         StoreError::Query {
             backend: self.backend(),
             source,
@@ -511,7 +510,7 @@ impl Store {
                 let mut conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
                 let outcome = conn
                     .spawn_blocking(move |c| {
-                        Ok(task(&mut SqliteHarness(c), SQLITE_MIGRATIONS)
+                        Ok(task(&mut SqliteHarness(c), migrations::SQLITE)
                             .map_err(|e| e.to_string()))
                     })
                     .await
@@ -522,11 +521,11 @@ impl Store {
             // out of it: the synchronous harness owns it on a blocking thread.
             Pools::Postgres(pool) => {
                 let conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
-                on_blocking_thread(Object::take(conn), backend, POSTGRES_MIGRATIONS, task).await
+                on_blocking_thread(Object::take(conn), backend, migrations::POSTGRES, task).await
             }
             Pools::Mysql(pool) => {
                 let conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
-                on_blocking_thread(Object::take(conn), backend, MYSQL_MIGRATIONS, task).await
+                on_blocking_thread(Object::take(conn), backend, migrations::MYSQL, task).await
             }
         }
     }

@@ -167,7 +167,7 @@ impl fmt::Debug for DatabaseUrl {
 /// Replaces the password of `scheme://user:password@host` with `***`, and the value of a
 /// `password=` query parameter. The user info ends at the first `@`, as tokio-postgres reads
 /// it, so a password holding `/` or `?` is masked whole.
-pub(crate) fn mask_password(url: &str) -> String {
+pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

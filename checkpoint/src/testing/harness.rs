@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::env;
-use crate::brokers::Brokers;
+use super::kafka::Brokers;
+use super::kafka::committed_offsets;
 use crate::crash::CrashPoint;
-use crate::listener::{ListenerError, committed_offsets};
+use crate::listener::ListenerError;
 use crate::store::{ListQuery, Store, StoreError};
 
 /// How long one armed consumer may run before the harness stops it without a kill.
@@ -52,7 +50,7 @@ pub enum ChaosError {
     Store(#[from] StoreError),
     /// The brokers could not be started or reached.
     #[error(transparent)]
-    Brokers(#[from] crate::brokers::BrokerError),
+    Brokers(#[from] super::kafka::BrokerError),
     /// Producing, or asking Kafka for offsets, failed.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -744,28 +742,12 @@ async fn produce(
     messages: &[ChaosMessage],
     first: usize,
 ) -> Result<(), ChaosError> {
-    let kafka = |e: rdkafka::error::KafkaError| ChaosError::Kafka(e.to_string());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("linger.ms", "5")
-        .create()
-        .map_err(kafka)?;
-    let mut deliveries = Vec::with_capacity(messages.len());
-    for (i, message) in (first..).zip(messages) {
-        let partition = i32::try_from(i % usize::try_from(partitions).unwrap_or(1)).unwrap_or(0);
-        let record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(&message.key)
-            .payload(&message.payload);
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| kafka(e))?);
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .map_err(|_| ChaosError::Kafka("a delivery was cancelled".to_owned()))?
-            .map_err(|(e, _)| kafka(e))?;
-    }
-    Ok(())
+    let count = usize::try_from(partitions).unwrap_or(1).max(1);
+    let records = (first..).zip(messages).map(|(i, message)| {
+        let partition = i32::try_from(i % count).unwrap_or(0);
+        (partition, &message.key, &message.payload)
+    });
+    Ok(super::kafka::produce(servers, topic, records, || {}).await?)
 }
 
 /// Where each partition ends.
@@ -775,20 +757,9 @@ async fn high_watermarks(
     partitions: i32,
 ) -> Result<Vec<i64>, ChaosError> {
     let (servers, topic) = (servers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &servers)
-            .create()
-            .map_err(|e| ChaosError::Kafka(e.to_string()))?;
-        (0..partitions)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .map(|(_, high)| high)
-                    .map_err(|e| ChaosError::Kafka(e.to_string()))
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| ChaosError::Kafka(e.to_string()))?
+    let marks =
+        tokio::task::spawn_blocking(move || super::kafka::watermarks(&servers, &topic, partitions))
+            .await
+            .map_err(|e| ChaosError::Kafka(e.to_string()))??;
+    Ok(marks.into_iter().map(|(_, high)| high).collect())
 }

@@ -1,5 +1,7 @@
-//! Crash-test *your* handler: a chaos harness that kills a real consumer process at every
-//! crash point of the algorithm and counts what your side effects did (feature `test-util`).
+//! Test fixtures (feature `test-util`): Kafka for tests and tools ([`Brokers`], [`produce`],
+//! [`serve_broker`]), and a chaos harness that crash-tests *your* handler by killing a real
+//! consumer process at every crash point of the algorithm and counting what your side
+//! effects did.
 //!
 //! Two halves, in two processes:
 //! - **The consumer** is a binary of yours (or your test binary run in a mode of its own).
@@ -60,12 +62,13 @@
 
 mod consumer;
 mod harness;
+mod kafka;
 
-pub use crate::brokers::BrokerError;
 pub use crate::crash::CrashPoint;
 pub use consumer::ChaosConsumer;
 pub(crate) use consumer::reached;
 pub use harness::{Chaos, ChaosError, ChaosMessage, ChaosReport, SideEffects};
+pub use kafka::{BrokerError, Brokers, committed_offsets, produce, serve_broker, watermarks};
 
 /// The environment through which the harness tells a consumer process what to do.
 pub mod env {

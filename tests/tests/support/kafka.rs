@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::DefaultProducerContext;
 
 /// A message to produce: partition, key, payload.
 pub type Produced = (i32, String, Vec<u8>);
@@ -53,30 +53,12 @@ impl Cluster {
         .collect()
     }
 
-    /// Produces `(partition, key, payload)` messages, all sends in flight at once.
+    /// Produces `(partition, key, payload)` messages and waits for every delivery.
     pub async fn produce(&self, topic: &str, messages: &[Produced]) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.servers)
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .create()
-            .expect("producer");
-        let mut deliveries = Vec::with_capacity(messages.len());
-        for (partition, key, payload) in messages {
-            let record = FutureRecord::to(topic)
-                .partition(*partition)
-                .key(key)
-                .payload(payload);
-            deliveries.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e)
-                    .expect("enqueue"),
-            );
-        }
-        for delivery in deliveries {
-            delivery.await.expect("delivery").expect("delivered");
-        }
+        let records = messages.iter().map(|(p, key, payload)| (*p, key, payload));
+        checkpoint::testing::produce(&self.servers, topic, records, || {})
+            .await
+            .expect("produced");
     }
 
     /// Produces one message whose only header has the name `name`, as raw bytes. Kafka header
@@ -171,21 +153,11 @@ impl Cluster {
 
     /// Number of messages in each partition (the high watermarks).
     pub fn high_watermarks(&self, topic: &str, partitions: i32) -> Vec<i64> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.servers)
-            .create()
-            .expect("consumer");
-        let marks = (0..partitions)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
-            })
-            .collect();
-        drop(consumer);
-        marks
+        checkpoint::testing::watermarks(&self.servers, topic, partitions)
+            .expect("watermarks")
+            .into_iter()
+            .map(|(_, high)| high)
+            .collect()
     }
 }
 
@@ -219,7 +191,7 @@ pub fn init_tracing() {
 
 use super::TestDb;
 use super::handlers::side_effects;
-use checkpoint::listener::committed_offsets;
+use checkpoint::testing::committed_offsets;
 use std::collections::HashSet;
 
 pub const TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,4 +1,4 @@
-//! The file-writing commands of the `checkpoint` binary: `init`, `copy-migrations` and
+//! The file-writing commands: `init`, `copy-migrations` and
 //! `migration`. Each reports what it did per file (`create`, `exists`, `identical`,
 //! `overwrite`) and never overwrites a changed file unless forced.
 
@@ -7,90 +7,12 @@ use std::path::{Path, PathBuf};
 
 use chrono::{NaiveDateTime, Timelike as _, Utc};
 
-use crate::error::Backend;
-use crate::store::DatabaseUrl;
-
-/// One embedded migration of one backend.
-#[derive(Debug, Clone, Copy)]
-pub struct BaseMigration {
-    /// Backend it is written for.
-    pub backend: Backend,
-    /// Folder name, e.g. `2026-11-27-000001_create_checkpoint_tables`.
-    pub name: &'static str,
-    /// `up.sql`.
-    pub up: &'static str,
-    /// `down.sql`.
-    pub down: &'static str,
-}
-
-macro_rules! base_migration {
-    ($backend:expr, $dir:literal, $name:literal) => {
-        BaseMigration {
-            backend: $backend,
-            name: $name,
-            up: include_str!(concat!("../../migrations/", $dir, "/", $name, "/up.sql")),
-            down: include_str!(concat!("../../migrations/", $dir, "/", $name, "/down.sql")),
-        }
-    };
-}
-
-/// The base migrations, per backend, oldest first (the same files `Store::migrate` applies).
-pub const BASE_MIGRATIONS: &[BaseMigration] = &[
-    base_migration!(
-        Backend::Sqlite,
-        "sqlite",
-        "2026-11-27-000001_create_checkpoint_tables"
-    ),
-    base_migration!(
-        Backend::Postgres,
-        "postgres",
-        "2026-11-27-000001_create_checkpoint_tables"
-    ),
-    base_migration!(
-        Backend::Postgres,
-        "postgres",
-        "2026-11-28-000001_drop_group_id_index"
-    ),
-    base_migration!(
-        Backend::Mysql,
-        "mysql",
-        "2026-11-27-000001_create_checkpoint_tables"
-    ),
-    base_migration!(
-        Backend::Sqlite,
-        "sqlite",
-        "2026-11-29-000001_create_checkpoint_attempts"
-    ),
-    base_migration!(
-        Backend::Postgres,
-        "postgres",
-        "2026-11-29-000001_create_checkpoint_attempts"
-    ),
-    base_migration!(
-        Backend::Mysql,
-        "mysql",
-        "2026-11-29-000001_create_checkpoint_attempts"
-    ),
-    base_migration!(
-        Backend::Sqlite,
-        "sqlite",
-        "2026-11-30-000001_index_created_at"
-    ),
-    base_migration!(
-        Backend::Postgres,
-        "postgres",
-        "2026-11-30-000001_index_created_at"
-    ),
-    base_migration!(
-        Backend::Mysql,
-        "mysql",
-        "2026-11-30-000001_index_created_at"
-    ),
-];
+use checkpoint::error::Backend;
+use checkpoint::store::{BASE_MIGRATIONS, DatabaseUrl};
 
 /// What happened to one file or folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// It did not exist and was written.
     Create,
     /// It exists with other content and was left alone.
@@ -114,7 +36,7 @@ impl fmt::Display for Action {
 
 /// A line of a command's report: the action and the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// What happened.
     pub action: Action,
     /// To which path.
@@ -135,7 +57,7 @@ impl fmt::Display for Report {
 /// An error of a file-writing command.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum CliError {
+pub(crate) enum CliError {
     /// A file or folder could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -147,7 +69,7 @@ pub enum CliError {
     },
     /// The database URL is invalid.
     #[error(transparent)]
-    Url(#[from] crate::store::StoreError),
+    Url(#[from] checkpoint::store::StoreError),
     /// A migration name has no letters or digits.
     #[error("migration name `{0}` has no letters or digits")]
     EmptyName(String),
@@ -161,7 +83,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 }
 
 /// Writes `content` to `path` unless a different file is there (replaced only with `force`).
-pub fn write_file(path: &Path, content: &str, force: bool) -> Result<Report, CliError> {
+pub(crate) fn write_file(path: &Path, content: &str, force: bool) -> Result<Report, CliError> {
     let action = match std::fs::read(path) {
         Ok(existing) if existing == content.as_bytes() => Action::Identical,
         Ok(_) if !force => Action::Exists,
@@ -183,10 +105,14 @@ pub fn write_file(path: &Path, content: &str, force: bool) -> Result<Report, Cli
 
 /// `checkpoint init`: `checkpoint.toml`, `.env.example` and the migrations folder of the
 /// backend of `database` (default SQLite) in `dir`.
-pub fn init(dir: &Path, database: Option<&str>, force: bool) -> Result<Vec<Report>, CliError> {
+pub(crate) fn init(
+    dir: &Path,
+    database: Option<&str>,
+    force: bool,
+) -> Result<Vec<Report>, CliError> {
     let url = database.unwrap_or("sqlite://checkpoint.db");
     let backend = DatabaseUrl::parse(url)?.backend();
-    let config = crate::config::example().replace(
+    let config = checkpoint::config::example().replace(
         "\"${DATABASE_URL:-sqlite://checkpoint.db}\"",
         &format!("\"${{DATABASE_URL:-{url}}}\""),
     );
@@ -195,7 +121,7 @@ pub fn init(dir: &Path, database: Option<&str>, force: bool) -> Result<Vec<Repor
          DATABASE_URL={url}\nKAFKA_BROKERS=127.0.0.1:9092\nCHECKPOINT_API_TOKEN=\n"
     );
     let mut reports = vec![
-        write_file(&dir.join(crate::config::DEFAULT_PATH), &config, force)?,
+        write_file(&dir.join(checkpoint::config::DEFAULT_PATH), &config, force)?,
         write_file(&dir.join(".env.example"), &env, force)?,
     ];
     reports.extend(copy_migrations(&dir.join("migrations"), backend, force)?);
@@ -203,7 +129,11 @@ pub fn init(dir: &Path, database: Option<&str>, force: bool) -> Result<Vec<Repor
 }
 
 /// `checkpoint copy-migrations`: the base migrations of `backend` into `dir`, one folder each.
-pub fn copy_migrations(dir: &Path, backend: Backend, force: bool) -> Result<Vec<Report>, CliError> {
+pub(crate) fn copy_migrations(
+    dir: &Path,
+    backend: Backend,
+    force: bool,
+) -> Result<Vec<Report>, CliError> {
     let mut reports = Vec::new();
     for migration in BASE_MIGRATIONS.iter().filter(|m| m.backend == backend) {
         let folder = dir.join(migration.name);
@@ -228,7 +158,7 @@ pub fn copy_migrations(dir: &Path, backend: Backend, force: bool) -> Result<Vec<
 }
 
 /// Lowercase snake_case of `name`: `add-new-column-` → `add_new_column`.
-pub fn snake_case(name: &str) -> String {
+pub(crate) fn snake_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         if c.is_alphanumeric() {
@@ -245,7 +175,7 @@ const VERSION_FORMAT: &str = "%Y-%m-%d-%H%M%S";
 /// `checkpoint migration NAME`: an empty `up.sql`/`down.sql` pair in
 /// `dir/<timestamp>_<snake_name>/`. The timestamp is later than every migration already in
 /// `dir`, even when several are created within one second.
-pub fn new_migration(dir: &Path, name: &str) -> Result<Report, CliError> {
+pub(crate) fn new_migration(dir: &Path, name: &str) -> Result<Report, CliError> {
     new_migration_at(dir, name, Utc::now().naive_utc())
 }
 
@@ -290,30 +220,6 @@ fn new_migration_at(dir: &Path, name: &str, now: NaiveDateTime) -> Result<Report
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_migrations_are_every_folder_of_migrations() {
-        for (backend, dir) in [
-            (Backend::Sqlite, "sqlite"),
-            (Backend::Postgres, "postgres"),
-            (Backend::Mysql, "mysql"),
-        ] {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../migrations")
-                .join(dir);
-            let mut on_disk: Vec<String> = std::fs::read_dir(&root)
-                .expect("migrations folder")
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            on_disk.sort();
-            let listed: Vec<&str> = BASE_MIGRATIONS
-                .iter()
-                .filter(|m| m.backend == backend)
-                .map(|m| m.name)
-                .collect();
-            assert_eq!(on_disk, listed, "update BASE_MIGRATIONS for {dir}");
-        }
-    }
 
     #[test]
     fn names_become_snake_case() {

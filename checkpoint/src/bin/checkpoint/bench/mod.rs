@@ -16,26 +16,25 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::{AggregateExpressionMethods, ExpressionMethods, QueryDsl};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::brokers::Brokers as Kafka;
-pub use crate::brokers::{BrokerError, serve_broker};
-use crate::engine::Engine;
-use crate::handler::{Context, Handler, HandlerError, Outcome};
-use crate::listener::{Listener, ListenerSpec, ListenerStats};
-use crate::message::checksum;
-use crate::store::schema::checkpoint_events;
-use crate::store::{Backend, DedupKey, NewEvent, Store, StoreError, StoreOptions};
+use checkpoint::engine::Engine;
+use checkpoint::handler::{Context, Handler, HandlerError, Outcome};
+use checkpoint::listener::{Listener, ListenerSpec, ListenerStats};
+use checkpoint::message::checksum;
+use checkpoint::store::schema::checkpoint_events;
+use checkpoint::store::{Backend, DedupKey, NewEvent, Store, StoreError, StoreOptions};
+use checkpoint::testing::Brokers as Kafka;
+pub(crate) use checkpoint::testing::{BrokerError, serve_broker};
 
 /// Partitions of the benchmark topic unless told otherwise.
-pub const DEFAULT_PARTITIONS: i32 = 3;
+pub(crate) const DEFAULT_PARTITIONS: i32 = 3;
 
 /// The librdkafka consumer settings every Kafka mode runs with. They decide fetch pacing: with
 /// librdkafka's defaults the 1 s `fetch.queue.backoff.ms` dominates and the numbers mean
 /// nothing.
-pub const CONSUMER_SETTINGS: [(&str, &str); 6] = [
+pub(crate) const CONSUMER_SETTINGS: [(&str, &str); 6] = [
     ("fetch.wait.max.ms", "10"),
     ("fetch.queue.backoff.ms", "10"),
     ("queued.min.messages", "20000"),
@@ -45,12 +44,12 @@ pub const CONSUMER_SETTINGS: [(&str, &str); 6] = [
 ];
 
 /// Default PostgreSQL of `checkpoint bench`, used when it answers.
-pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// What one benchmark mode measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// rdkafka consumption only, no database: the ceiling.
     Raw,
     /// The original's pattern: per message, `SELECT` whether it exists, then an autocommitted
@@ -78,7 +77,7 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order they run.
-    pub const ALL: [Mode; 8] = [
+    pub(crate) const ALL: [Mode; 8] = [
         Mode::Raw,
         Mode::Naive,
         Mode::PerMessage,
@@ -90,7 +89,7 @@ impl Mode {
     ];
 
     /// The mode's name on the command line and in reports.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Raw => "raw",
             Self::Naive => "naive",
@@ -141,7 +140,7 @@ impl std::fmt::Display for Mode {
 
 /// Options of `checkpoint bench`.
 #[derive(Debug, Clone)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// Messages to produce (and rows to write per mode).
     pub messages: usize,
     /// Databases to measure; empty: a SQLite file in the temp dir and, when it answers,
@@ -187,7 +186,7 @@ impl Default for BenchOptions {
 /// An error that stops the benchmark.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum BenchError {
+pub(crate) enum BenchError {
     /// `--modes` named a mode that does not exist.
     #[error(
         "unknown mode `{0}` (expected raw, naive, per-message, transactional, batch, \
@@ -259,7 +258,7 @@ pub enum BenchError {
 
 /// One measured mode on one database.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     /// The mode.
     pub mode: Mode,
     /// The database's backend (`sqlite`, `postgres`, `mysql`); `None` for `raw`.
@@ -286,7 +285,7 @@ pub struct BenchRow {
 
 /// Everything a run measured, with the settings that produced it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct BenchReport {
+pub(crate) struct BenchReport {
     /// Messages per mode.
     pub messages: u64,
     /// Kafka: `embedded mock cluster` or the brokers given.
@@ -334,7 +333,7 @@ fn payload(run: &str, i: usize) -> String {
 /// The per-message and batch handler: decodes the order and acknowledges it.
 struct BenchOrders;
 
-#[crate::checkpoint_handler(name = "bench-orders")]
+#[checkpoint::checkpoint_handler(name = "bench-orders")]
 impl BenchOrders {
     async fn consume(
         &self,
@@ -362,7 +361,7 @@ diesel::table! {
 /// The transactional handler: writes one row through the checkpoint transaction, then acks.
 struct BenchEffects;
 
-#[crate::checkpoint_handler(transactional, name = "bench-effects")]
+#[checkpoint::checkpoint_handler(transactional, name = "bench-effects")]
 impl BenchEffects {
     async fn consume(
         &self,
@@ -394,7 +393,8 @@ fn effects_ddl(backend: Backend) -> &'static str {
             "CREATE TABLE IF NOT EXISTS checkpoint_bench_effects (id BIGSERIAL PRIMARY KEY, \
              group_id TEXT NOT NULL, order_id TEXT NOT NULL)"
         }
-        Backend::Mysql => {
+        // `Backend` is non-exhaustive: MySQL/MariaDB.
+        _ => {
             "CREATE TABLE IF NOT EXISTS checkpoint_bench_effects (id BIGINT AUTO_INCREMENT \
              PRIMARY KEY, group_id VARCHAR(255) NOT NULL, order_id VARCHAR(255) NOT NULL)"
         }
@@ -405,28 +405,22 @@ fn kafka_err(error: impl std::fmt::Display) -> BenchError {
     BenchError::Kafka(error.to_string())
 }
 
-impl Kafka {
-    /// A consumer of `topic` in `group`, from the start.
-    fn subscribe(&self, topic: &str, group: &str) -> Result<StreamConsumer, BenchError> {
-        let consumer: StreamConsumer = self.consumer_config(group).create().map_err(kafka_err)?;
-        consumer.subscribe(&[topic]).map_err(kafka_err)?;
-        Ok(consumer)
+/// A consumer of `topic` in `group` on `kafka`, from the start.
+fn subscribe(kafka: &Kafka, topic: &str, group: &str) -> Result<StreamConsumer, BenchError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.servers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest");
+    for (key, value) in CONSUMER_SETTINGS {
+        config.set(key, value);
     }
-
-    fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.servers)
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest");
-        for (key, value) in CONSUMER_SETTINGS {
-            config.set(key, value);
-        }
-        config
-    }
+    let consumer: StreamConsumer = config.create().map_err(kafka_err)?;
+    consumer.subscribe(&[topic]).map_err(kafka_err)?;
+    Ok(consumer)
 }
 
-/// Produces `count` messages, keeping at most 10,000 deliveries in flight so memory stays flat.
+/// Produces `count` messages round-robin over the partitions.
 async fn produce(
     kafka: &Kafka,
     topic: &str,
@@ -434,66 +428,25 @@ async fn produce(
     count: usize,
     bar: &ProgressBar,
 ) -> Result<(), BenchError> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.servers)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("batch.num.messages", "10000")
-        .create()
-        .map_err(kafka_err)?;
-    let mut in_flight = std::collections::VecDeque::with_capacity(10_000);
-    for i in 0..count {
-        let key = format!("order-{i}");
-        let body = payload(run, i);
-        let partition = i32::try_from(i % partition_count(kafka.partitions)).unwrap_or(0);
-        let record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(&key)
-            .payload(&body);
-        in_flight.push_back(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| kafka_err(e))?,
-        );
-        if in_flight.len() >= 10_000 {
-            await_delivery(in_flight.pop_front()).await?;
-            bar.inc(1);
-        }
-    }
-    while let Some(delivery) = in_flight.pop_front() {
-        await_delivery(Some(delivery)).await?;
-        bar.inc(1);
-    }
-    Ok(())
-}
-
-async fn await_delivery(
-    delivery: Option<rdkafka::producer::DeliveryFuture>,
-) -> Result<(), BenchError> {
-    if let Some(delivery) = delivery {
-        delivery
-            .await
-            .map_err(|_| kafka_err("delivery cancelled"))?
-            .map_err(|(e, _)| kafka_err(e))?;
-    }
-    Ok(())
+    let partitions = partition_count(kafka.partitions);
+    let records = (0..count).map(|i| {
+        let partition = i32::try_from(i % partitions).unwrap_or(0);
+        (partition, format!("order-{i}"), payload(run, i))
+    });
+    checkpoint::testing::produce(&kafka.servers, topic, records, || bar.inc(1))
+        .await
+        .map_err(kafka_err)
 }
 
 /// Checks that the broker still holds every produced message.
 fn check_held(kafka: &Kafka, topic: &str, produced: u64) -> Result<(), BenchError> {
-    let consumer: BaseConsumer = kafka
-        .consumer_config("checkpoint-bench-watermarks")
-        .create()
+    let marks = checkpoint::testing::watermarks(&kafka.servers, topic, kafka.partitions)
         .map_err(kafka_err)?;
-    let mut held = 0;
-    let mut first = Vec::new();
-    for partition in 0..kafka.partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map_err(kafka_err)?;
-        held += u64::try_from(high - low).unwrap_or(0);
-        first.push(low);
-    }
+    let held = marks
+        .iter()
+        .map(|(low, high)| u64::try_from(high - low).unwrap_or(0))
+        .sum();
+    let first: Vec<i64> = marks.iter().map(|(low, _)| *low).collect();
     if held != produced || first.iter().any(|low| *low != 0) {
         return Err(BenchError::BrokerDropped {
             produced,
@@ -546,7 +499,7 @@ impl Database {
         concurrency: usize,
     ) -> Result<Self, BenchError> {
         let store_error = |source| BenchError::Store {
-            database: crate::store::mask_password(url),
+            database: checkpoint::__private::mask_password(url),
             source,
         };
         // A connection per partition in flight, and room for the duplicate checks ahead.
@@ -648,7 +601,7 @@ fn partition_count(partitions: i32) -> usize {
 }
 
 /// Runs the benchmark and returns its report; any lost or duplicated message is an error.
-pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+pub(crate) async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     if options.messages == 0 {
         return Err(BenchError::NoMessages);
     }
@@ -927,7 +880,7 @@ async fn raw(
     expected: u64,
     bar: &ProgressBar,
 ) -> Result<f64, BenchError> {
-    let consumer = kafka.subscribe(topic, group)?;
+    let consumer = subscribe(kafka, topic, group)?;
     let mut next = vec![0i64; partition_count(kafka.partitions)];
     let mut received = 0u64;
     let mut started = None;
@@ -986,7 +939,7 @@ struct Naive<'a> {
 impl Naive<'_> {
     async fn run(&self, connections: usize) -> Result<f64, BenchError> {
         use std::sync::atomic::{AtomicU64, Ordering};
-        let consumer = self.kafka.subscribe(self.topic, self.group)?;
+        let consumer = subscribe(self.kafka, self.topic, self.group)?;
         let done = AtomicU64::new(0);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..connections)
             .map(|_| tokio::sync::mpsc::channel::<Received>(1024))
@@ -1185,7 +1138,7 @@ fn with_ratios(mut rows: Vec<BenchRow>) -> Vec<BenchRow> {
 }
 
 /// The report as a text table with a header of settings.
-pub fn render(report: &BenchReport) -> String {
+pub(crate) fn render(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

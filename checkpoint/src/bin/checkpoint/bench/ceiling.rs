@@ -10,8 +10,9 @@ use chrono::{NaiveDateTime, Utc};
 use indicatif::ProgressBar;
 
 use super::{BenchError, BenchOrder, Database, Mode, partition_count, payload};
-use crate::message::checksum;
-use crate::store::{Conn, Driver, NewEvent};
+use checkpoint::__private::{RawConnection, raw_connection};
+use checkpoint::message::checksum;
+use checkpoint::store::{Conn, NewEvent};
 
 /// Rows per `INSERT` statement of `db-ceiling`, and per chunk generated for the others.
 const CHUNK: usize = 500;
@@ -119,20 +120,13 @@ impl Load<'_> {
 
     /// `copy-ceiling`: the database's fastest bulk load of the same rows.
     pub(super) async fn copy_ceiling(&self) -> Result<f64, BenchError> {
-        match self.db.store.url().driver() {
-            Driver::Postgres { tls, url } => {
-                let client = crate::store::postgres_client(tls, url)
-                    .await
-                    .map_err(|e| self.failed(format!("connect: {e}")))?;
-                self.copy_postgres(&client).await
-            }
-            Driver::Mysql { tls, url } => {
-                let conn = crate::store::mysql_conn(tls, url)
-                    .await
-                    .map_err(|e| self.failed(format!("connect: {e}")))?;
-                self.load_data_mysql(conn).await
-            }
-            Driver::Sqlite => self.prepared_sqlite().await,
+        let raw = raw_connection(self.db.store.url())
+            .await
+            .map_err(|e| self.failed(format!("connect: {e}")))?;
+        match raw {
+            RawConnection::Postgres(client) => self.copy_postgres(&client).await,
+            RawConnection::Mysql(conn) => self.load_data_mysql(conn).await,
+            RawConnection::Sqlite => self.prepared_sqlite().await,
         }
     }
 
@@ -267,7 +261,7 @@ impl Load<'_> {
         conn.spawn_blocking(move |c| {
             c.transaction(|c| {
                 for row in &rows {
-                    diesel::insert_into(crate::store::schema::checkpoint_events::table)
+                    diesel::insert_into(checkpoint::store::schema::checkpoint_events::table)
                         .values(row.event(&topic, &group, now))
                         .execute(c)?;
                 }

@@ -7,24 +7,22 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::engine::{Backoff, Engine};
-use crate::handler::{Context, Outcome};
-use crate::listener::{Listener, ListenerSpec, StatsSnapshot};
-use crate::store::{ListQuery, Store};
+use checkpoint::engine::{Backoff, Engine};
+use checkpoint::handler::{Context, Outcome};
+use checkpoint::listener::{Listener, ListenerSpec, StatsSnapshot};
+use checkpoint::store::{ListQuery, Store};
 
 /// The demo's topic.
-pub const TOPIC: &str = "demo.orders";
+pub(crate) const TOPIC: &str = "demo.orders";
 /// The demo's consumer group.
-pub const GROUP: &str = "checkpoint-demo";
+pub(crate) const GROUP: &str = "checkpoint-demo";
 const PARTITIONS: i32 = 3;
 
 /// Options of `checkpoint demo`.
 #[derive(Debug, Clone)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Messages to produce.
     pub messages: usize,
     /// Checkpoint database URL.
@@ -40,10 +38,10 @@ pub struct DemoOptions {
 /// An error of the demo.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// The checkpoint store failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] checkpoint::store::StoreError),
     /// Kafka (the embedded cluster, the producer or the listener) failed.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -70,7 +68,7 @@ pub enum DemoError {
 
 /// What the demo did.
 #[derive(Debug, Clone, Copy)]
-pub struct DemoSummary {
+pub(crate) struct DemoSummary {
     /// Messages produced.
     pub produced: u64,
     /// Listener counters.
@@ -98,7 +96,7 @@ struct NoCustomer(String);
 /// The demo's handler: acknowledges each order with its id and time.
 struct DemoOrders;
 
-#[crate::checkpoint_handler(max_retries = 2, name = "demo-orders")]
+#[checkpoint::checkpoint_handler(max_retries = 2, name = "demo-orders")]
 impl DemoOrders {
     async fn consume(
         &self,
@@ -150,7 +148,7 @@ fn sample(run: &str, count: usize) -> Vec<(i32, String, String)> {
 
 /// Runs the demo and returns its summary; with `once = false` it keeps consuming until
 /// SIGINT/SIGTERM after printing the summary.
-pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
+pub(crate) async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let kafka = |e: rdkafka::error::KafkaError| DemoError::Kafka(e.to_string());
     let cluster = MockCluster::new(1).map_err(kafka)?;
     cluster.create_topic(TOPIC, PARTITIONS, 1).map_err(kafka)?;
@@ -167,29 +165,13 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let messages = sample(&run_id, options.messages);
     let produced = u64::try_from(messages.len()).unwrap_or(u64::MAX);
     let started = Instant::now();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()
-        .map_err(kafka)?;
-    let mut deliveries = Vec::with_capacity(messages.len());
-    for (partition, key, payload) in &messages {
-        let record = FutureRecord::to(TOPIC)
-            .partition(*partition)
-            .key(key)
-            .payload(payload);
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| kafka(e))?);
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .map_err(|_| DemoError::Kafka("delivery cancelled".into()))?
-            .map_err(|(e, _)| kafka(e))?;
-    }
+    let records = messages.iter().map(|(p, key, payload)| (*p, key, payload));
+    checkpoint::testing::produce(&servers, TOPIC, records, || {})
+        .await
+        .map_err(|e| DemoError::Kafka(e.to_string()))?;
 
     let spec = ListenerSpec::new(
-        Arc::new(DemoOrders) as Arc<dyn crate::handler::Handler>,
+        Arc::new(DemoOrders) as Arc<dyn checkpoint::handler::Handler>,
         TOPIC,
         GROUP,
     )
@@ -201,11 +183,11 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     .kafka("bootstrap.servers", servers)
     .kafka("session.timeout.ms", "6000")
     .kafka("heartbeat.interval.ms", "500");
-    let handler: Arc<dyn crate::handler::Handler> = Arc::new(DemoOrders);
+    let handler: Arc<dyn checkpoint::handler::Handler> = Arc::new(DemoOrders);
     let engine = Engine::new(store.clone());
     let listener = Listener::new(spec, engine.clone());
     let stats = listener.stats();
-    let probe = crate::api::ListenerProbe {
+    let probe = checkpoint::api::ListenerProbe {
         listener_id: listener.listener_id().to_owned(),
         stats: Arc::clone(&stats),
     };
@@ -262,7 +244,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
 
     if !options.once {
         println!("still consuming {TOPIC}; press Ctrl-C to stop");
-        crate::app::shutdown_signal().await;
+        checkpoint::app::shutdown_signal().await;
     }
     let _ = stop.send(());
     if let Some((stop_api, served)) = api {
@@ -285,10 +267,10 @@ type RunningApi = (
 async fn start_api(
     addr: std::net::SocketAddr,
     engine: &Engine,
-    handler: &Arc<dyn crate::handler::Handler>,
-    probe: crate::api::ListenerProbe,
+    handler: &Arc<dyn checkpoint::handler::Handler>,
+    probe: checkpoint::api::ListenerProbe,
 ) -> Result<RunningApi, DemoError> {
-    use crate::api::{ApiState, Handlers, prometheus, router, serve};
+    use checkpoint::api::{ApiState, Handlers, prometheus, router, serve};
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| DemoError::Api { addr, source })?;
@@ -312,7 +294,7 @@ async fn start_api(
 }
 
 async fn count_events(store: &Store) -> Result<usize, DemoError> {
-    use crate::store::schema::checkpoint_events;
+    use checkpoint::store::schema::checkpoint_events;
     use diesel::prelude::*;
     let mut pooled = store.conn().await?;
     let mut conn = pooled.conn();

@@ -1,4 +1,4 @@
-//! `checkpoint chaos`: the chaos harness of [`crate::testing`] run with a demo handler whose
+//! `checkpoint chaos`: the chaos harness of [`checkpoint::testing`] run with a demo handler whose
 //! side effect is a row in `checkpoint_chaos_effects`, once per mode and database, printed as
 //! one table of kills, duplicates and losses.
 //!
@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use crate::engine::Engine;
-use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
-use crate::message::Message;
-use crate::store::Store;
-use crate::testing::{Chaos, ChaosConsumer, ChaosError, ChaosMessage, ChaosReport, SideEffects};
+use checkpoint::engine::Engine;
+use checkpoint::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
+use checkpoint::message::Message;
+use checkpoint::store::Store;
+use checkpoint::testing::{
+    Chaos, ChaosConsumer, ChaosError, ChaosMessage, ChaosReport, SideEffects,
+};
 
 diesel::table! {
     /// One row per side effect the chaos handler applied (no key: a duplicate shows as a
@@ -32,7 +34,7 @@ const CREATE_EFFECTS: &str =
 /// How the demo handler stores what it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ChaosMode {
+pub(crate) enum ChaosMode {
     /// Per-message: the effect is written on a connection of its own, then the checkpoint
     /// row. A crash between the two applies the effect again on redelivery.
     PerMessage,
@@ -44,14 +46,14 @@ pub enum ChaosMode {
 
 impl ChaosMode {
     /// Every mode.
-    pub const ALL: [ChaosMode; 3] = [
+    pub(crate) const ALL: [ChaosMode; 3] = [
         ChaosMode::PerMessage,
         ChaosMode::Transactional,
         ChaosMode::Batch,
     ];
 
     /// Its name on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ChaosMode::PerMessage => "per-message",
             ChaosMode::Transactional => "transactional",
@@ -123,10 +125,10 @@ impl Handler for ChaosOrders {
 
 /// The consumer side (`checkpoint chaos-consumer --mode M`): runs the demo handler as the
 /// harness's environment says.
-pub async fn consume(mode: ChaosMode) -> Result<(), ChaosError> {
+pub(crate) async fn consume(mode: ChaosMode) -> Result<(), ChaosError> {
     let Some(consumer) = ChaosConsumer::from_env()? else {
         return Err(ChaosError::Env {
-            var: crate::testing::env::BROKERS,
+            var: checkpoint::testing::env::BROKERS,
             reason: "not set: chaos-consumer is started by `checkpoint chaos`".to_owned(),
         });
     };
@@ -144,7 +146,7 @@ pub async fn consume(mode: ChaosMode) -> Result<(), ChaosError> {
 
 /// Options of `checkpoint chaos`.
 #[derive(Debug, Clone)]
-pub struct ChaosOptions {
+pub(crate) struct ChaosOptions {
     /// Kills per mode and database.
     pub kills: usize,
     /// Modes to run.
@@ -163,7 +165,7 @@ pub struct ChaosOptions {
 
 /// One mode on one database.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ChaosRow {
+pub(crate) struct ChaosRow {
     /// The database, password masked.
     pub database: String,
     /// The mode.
@@ -173,7 +175,7 @@ pub struct ChaosRow {
 }
 
 /// Runs every mode on every database, one after the other.
-pub async fn run(options: &ChaosOptions) -> Result<Vec<ChaosRow>, ChaosError> {
+pub(crate) async fn run(options: &ChaosOptions) -> Result<Vec<ChaosRow>, ChaosError> {
     let stamp = Utc::now().format("%Y%m%d%H%M%S").to_string();
     let mut rows = Vec::new();
     for database in &options.databases {
@@ -228,7 +230,7 @@ pub async fn run(options: &ChaosOptions) -> Result<Vec<ChaosRow>, ChaosError> {
 }
 
 /// The table `checkpoint chaos` prints.
-pub fn render(rows: &[ChaosRow]) -> String {
+pub(crate) fn render(rows: &[ChaosRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -249,7 +251,7 @@ pub fn render(rows: &[ChaosRow]) -> String {
     for row in rows {
         let report = &row.report;
         let at = |point| report.kills.get(&point).copied().unwrap_or(0);
-        use crate::testing::CrashPoint as P;
+        use checkpoint::testing::CrashPoint as P;
         let _ = writeln!(
             out,
             "{:<40} {:<14} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>10} {:>6} {:>8} {:>7.1}",

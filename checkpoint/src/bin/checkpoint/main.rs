@@ -1,15 +1,24 @@
-//! The `checkpoint` command: the demo, migrations, and the version.
+//! The `checkpoint` command: the demo, the bench, the chaos run, a development broker, the
+//! API over a database, migrations and retention. Built on the library's public API alone
+//! (and `checkpoint::__private` where the bench reaches below it).
+
+mod bench;
+mod chaos;
+mod demo;
+mod dev_kafka;
+mod files;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use checkpoint::__private::one_line;
 use checkpoint::config::{Config, DEFAULT_PATH};
-use checkpoint::demo::{self, DemoOptions};
 use checkpoint::error::Backend;
+use checkpoint::retention;
 use checkpoint::store::Store;
-use checkpoint::{bench, chaos, cli, retention};
 use clap::{Parser, Subcommand};
+
+use crate::demo::DemoOptions;
 
 /// Exactly-once Kafka event handlers, checkpointed in your own database.
 #[derive(Parser)]
@@ -118,6 +127,16 @@ enum Command {
         /// per-message, transactional or batch.
         #[arg(long)]
         mode: String,
+    },
+    /// Serve librdkafka's mock cluster as a local Kafka-protocol broker until Ctrl-C, for
+    /// developing an application with no Kafka installed (messages live in memory).
+    DevKafka {
+        /// Port to listen on (127.0.0.1).
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// A topic to create, `NAME:PARTITIONS` (repeatable).
+        #[arg(long = "topic")]
+        topics: Vec<dev_kafka::TopicArg>,
     },
     /// Serve the HTTP API over a checkpoint database. Retries answer 409 here: no handler runs
     /// in this process (run the API inside your application for that).
@@ -339,16 +358,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             dir,
             database,
             force,
-        } => print_reports(cli::init(&dir, database.as_deref(), force)),
+        } => print_reports(files::init(&dir, database.as_deref(), force)),
         Command::CopyMigrations {
             dir,
             backend,
             force,
-        } => print_reports(cli::copy_migrations(&dir, backend.into(), force)),
+        } => print_reports(files::copy_migrations(&dir, backend.into(), force)),
         Command::Migration { name, dir } => {
-            print_reports(cli::new_migration(&dir, &name).map(|r| vec![r]))
+            print_reports(files::new_migration(&dir, &name).map(|r| vec![r]))
         }
         Command::Api { database, bind } => api(&database, bind).await,
+        Command::DevKafka { port, topics } => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            dev_kafka::run(addr, &topics, checkpoint::app::shutdown_signal())
+                .await
+                .map_err(|e| one_line(&e))
+        }
         Command::Prune {
             database,
             older_than,
@@ -501,7 +526,7 @@ fn print_result<T: serde::Serialize + ?Sized>(
     Ok(())
 }
 
-fn print_reports(reports: Result<Vec<cli::Report>, cli::CliError>) -> Result<(), String> {
+fn print_reports(reports: Result<Vec<files::Report>, files::CliError>) -> Result<(), String> {
     for report in reports.map_err(|e| one_line(&e))? {
         println!("{report}");
     }
