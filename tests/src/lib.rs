@@ -39,7 +39,8 @@ impl Sink {
 
 /// A per-message (not transactional) handler whose side effect happens *outside* the
 /// checkpoint transaction, as a call to another service would: it records the order in
-/// `side_effects` on a connection of its own, then takes `delay`, then acks. An order whose id
+/// `side_effects` on a connection of its own, announces `APPLIED <id>` on standard output,
+/// then takes `delay`, then acks. An order whose id
 /// is `hang_on` makes it announce `INSIDE <id>` on standard output and never return, so a
 /// test can kill the process while it is inside `consume`.
 pub struct Effects {
@@ -85,6 +86,7 @@ impl Handler for Effects {
                     )
                     .await?;
             }
+            announce(&format!("APPLIED {}", order.id)).map_err(HandlerError::new)?;
             tokio::time::sleep(self.delay).await;
             Ok(Outcome::ack(order.id, Utc::now()))
         })
