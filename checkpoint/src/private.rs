@@ -17,7 +17,8 @@ pub use crate::message::{Message, Metadata};
 pub use crate::error::one_line;
 /// For the `checkpoint` binary's bench: its bulk-load ceilings connect as the store does and
 /// write through a store connection of any backend.
-pub use crate::store::{RawConnection, mask_password, raw_connection};
+pub use crate::store::connect::{RawConnection, raw_connection};
+pub use crate::store::url::mask_password;
 
 /// Turns what a user's `consume` returns into the engine's result.
 #[diagnostic::on_unimplemented(

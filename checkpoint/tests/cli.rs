@@ -664,6 +664,24 @@ fn an_app_from_init_consumes_from_dev_kafka() {
         format!("Kafka (librdkafka mock cluster) on 127.0.0.1:{port}")
     );
     let servers = format!("127.0.0.1:{port}");
+    // Clients reconnect to what the cluster advertises: it must be dev-kafka's own port, not
+    // the mock cluster's (which would work here only because it is on the same host).
+    let advertised: Vec<(String, i32)> = {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &servers)
+            .create()
+            .expect("a metadata client");
+        let metadata = consumer
+            .fetch_metadata(Some("orders"), std::time::Duration::from_secs(10))
+            .expect("metadata through dev-kafka");
+        metadata
+            .brokers()
+            .iter()
+            .map(|b| (b.host().to_owned(), b.port()))
+            .collect()
+    };
+    assert_eq!(advertised, [("127.0.0.1".to_owned(), i32::from(port))]);
     let database = format!("sqlite://{}", dir.path().join("checkpoint.db").display());
     let text_config =
         std::fs::read_to_string(dir.path().join("checkpoint.toml")).expect("checkpoint.toml");

@@ -82,10 +82,11 @@ async fn five_thousand_messages_with_duplicates_and_poison(db: TestDb) {
     db.cleanup().await;
 }
 
-/// An in-process "crash": the listener's task is cancelled mid-stream. Its workers die where
-/// they stand and their transactions are abandoned, but the consumer is then closed, which
-/// commits the offsets already stored: this is a crash right after the last offset commit,
-/// not a process kill. `processes.rs` kills real consumer processes with SIGKILL.
+/// A listener dropped mid-stream (its task cancelled): the consumer closes at once, which
+/// commits the offsets already stored and leaves the group, while each worker finishes the
+/// message in hand in the background without storing its offset. Three such drops, then a
+/// listener that consumes the rest: nothing applied twice or lost. `processes.rs` kills real
+/// consumer processes with SIGKILL, which abandons transactions in flight.
 async fn consumers_dropped_mid_stream_apply_nothing_twice(db: TestDb) {
     db.create_side_effects_table().await;
     let (topic, group) = ("orders", "crashy");
@@ -107,7 +108,7 @@ async fn consumers_dropped_mid_stream_apply_nothing_twice(db: TestDb) {
             stats.snapshot().settled() >= threshold / 3 && db.event_count().await > events_before
         })
         .await;
-        // No drain and transactions in flight abandoned (see above for the commit on close).
+        // No drain: the consumer closes now; the workers finish in the background.
         task.abort();
         let _ = task.await;
         assert!(

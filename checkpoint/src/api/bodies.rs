@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::store::{Event, Failure, FailureMetadata};
+use crate::store::{Event, Failure};
 
 /// A stored payload (or key) as JSON: the stored JSON text as it is, else the UTF-8 text, else
 /// standard base64.
@@ -38,13 +38,21 @@ impl Payload {
     /// `bytes` as JSON when they are a JSON text, else UTF-8 text, else base64.
     pub fn of(bytes: &[u8]) -> (Self, PayloadEncoding) {
         match std::str::from_utf8(bytes) {
-            Ok(text) => match RawValue::from_string(text.to_owned()) {
-                Ok(raw) => (Self::Json(raw), PayloadEncoding::Json),
-                Err(_) => (Self::Utf8(text.to_owned()), PayloadEncoding::Utf8),
+            Ok(text) => match json_text(text) {
+                Some(raw) => (Self::Json(raw), PayloadEncoding::Json),
+                None => (Self::Utf8(text.to_owned()), PayloadEncoding::Utf8),
             },
             Err(_) => (Self::Base64(base64(bytes)), PayloadEncoding::Base64),
         }
     }
+}
+
+/// `text` as raw JSON when it is JSON every parser accepts. `RawValue` alone lets an unpaired
+/// surrogate escape (`"\ud800"`) through, which would make a client's parser refuse the whole
+/// answer; a full parse refuses it.
+fn json_text(text: &str) -> Option<Box<RawValue>> {
+    serde_json::from_str::<serde_json::Value>(text).ok()?;
+    RawValue::from_string(text.to_owned()).ok()
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -66,6 +74,7 @@ pub enum KeyEncoding {
 
 /// An event: one row of `checkpoint_events`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct EventBody {
     /// Row id.
     pub id: i64,
@@ -166,14 +175,13 @@ impl From<&Event> for EventBody {
     }
 }
 
-/// A failure's `metadata`: the engine's shape when it parses as such, else the stored JSON as
-/// it is, else the stored text.
+/// A failure's `metadata` as stored: JSON embedded as it is (the engine writes
+/// [`FailureMetadata`]; a row from a newer version or another tool keeps every field), else the
+/// text.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum FailureMetadataBody {
-    /// Written by the engine.
-    Engine(FailureMetadata),
-    /// Other JSON, embedded as stored.
+    /// JSON, embedded as stored.
     Json(Box<RawValue>),
     /// Not JSON.
     Text(String),
@@ -181,18 +189,13 @@ pub enum FailureMetadataBody {
 
 impl FailureMetadataBody {
     fn of(stored: &str) -> Self {
-        if let Some(metadata) = FailureMetadata::parse(stored) {
-            Self::Engine(metadata)
-        } else if let Ok(raw) = RawValue::from_string(stored.to_owned()) {
-            Self::Json(raw)
-        } else {
-            Self::Text(stored.to_owned())
-        }
+        json_text(stored).map_or_else(|| Self::Text(stored.to_owned()), Self::Json)
     }
 }
 
 /// A failure: the event fields of the message, plus what went wrong.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct FailureBody {
     /// The message's fields, as in [`EventBody`].
     #[serde(flatten)]

@@ -130,8 +130,10 @@ pub(super) async fn retry_event(
         .await?
         .ok_or(ApiError::NotFound("event not found"))?;
     let handler = handler_for(&state, &row.topic, &row.group_id)?;
-    let outcome = state.engine.retry_event_row(handler.as_ref(), row).await?;
-    retried(outcome)
+    let engine = state.engine.clone();
+    // In a task of its own: a client that hangs up does not cancel `consume` mid-call.
+    let retry = tokio::spawn(async move { engine.retry_event_row(handler.as_ref(), row).await });
+    retried(joined(retry.await)?)
 }
 
 pub(super) async fn list_failures(
@@ -198,6 +200,18 @@ fn handler_for(state: &ApiState, topic: &str, group_id: &str) -> ApiResult<Arc<d
             topic: topic.to_owned(),
             group_id: group_id.to_owned(),
         })
+}
+
+/// The retry task's result; a panic there (the engine catches handler panics) is a bug.
+fn joined(
+    result: Result<Result<RetryOutcome, crate::engine::EngineError>, tokio::task::JoinError>,
+) -> ApiResult<RetryOutcome> {
+    match result {
+        Ok(outcome) => Ok(outcome?),
+        Err(join) => Err(ApiError::Internal(format!(
+            "the retry task ended abnormally: {join}"
+        ))),
+    }
 }
 
 fn retried(outcome: RetryOutcome) -> ApiResult<Json<Acknowledged>> {

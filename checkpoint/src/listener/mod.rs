@@ -129,7 +129,11 @@ struct Shared {
     spec: ListenerSpec,
     assignment: Arc<Assignment>,
     engine: Engine,
-    consumer: Arc<Consumer_>,
+    /// The receive loop holds the only strong reference: when `Listener::run` ends or its
+    /// future is dropped, the consumer closes at once, even while a worker still finishes the
+    /// message in hand (whose offset is then not stored, so it is redelivered and
+    /// deduplicated).
+    consumer: std::sync::Weak<Consumer_>,
     origin: Origin,
     stats: Arc<ListenerStats>,
     budget: Arc<Budget>,
@@ -188,12 +192,11 @@ impl Listener {
     /// cannot start, when a message cannot be settled (see [`ListenerError`]), or when
     /// shutdown had to give up on in-flight work.
     ///
-    /// Dropping the returned future instead is a crash of this listener: its workers are
-    /// cancelled where they stand, nothing settled is lost, and unsettled messages are
-    /// redelivered (and deduplicated) later. The consumer is closed, which commits the offsets
-    /// already stored, so it is a crash after the last commit, not a process kill. After such
-    /// a drop, also drop the engine's [`Store`](crate::Store): the MySQL driver does not
-    /// survive a query interrupted mid-flight, so its pooled connections must not be reused.
+    /// Dropping the returned future instead stops the listener without waiting: the consumer
+    /// is closed at once (which commits the offsets already stored and leaves the group), and
+    /// each partition's worker finishes the message in hand in the background, never cancelled
+    /// at an await, then ends; its offset is not stored, so that message is redelivered and
+    /// deduplicated by whoever consumes the partition next.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ListenerError> {
         let listener_id = self.spec.listener_id.clone();
         let _left = Left(Arc::clone(&self.stats));
@@ -247,7 +250,7 @@ impl Listener {
             ),
             spec: self.spec,
             engine: self.engine,
-            consumer: Arc::clone(&consumer),
+            consumer: Arc::downgrade(&consumer),
             stats: self.stats,
             stopping: stop_rx,
         });
@@ -450,8 +453,9 @@ fn check_workers(
             && !flow.backing_off.load(Ordering::SeqCst)
             && flow.depth.load(Ordering::SeqCst) <= RESUME_AT
             && shared.budget.low(flow)
+            && let Some(consumer) = shared.consumer.upgrade()
         {
-            flow.set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+            flow.set_paused(&consumer, &shared.spec.topic, partition, false);
         }
     }
     Ok(())

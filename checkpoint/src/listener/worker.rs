@@ -201,8 +201,11 @@ pub(super) fn take_queued(
     let taken = messages.len();
     let left = flow.depth.fetch_sub(taken, Ordering::SeqCst) - taken;
     flow.changed.notify_one();
-    if left <= RESUME_AT && shared.budget.low(flow) {
-        flow.set_paused(&shared.consumer, &shared.spec.topic, partition, false);
+    if left <= RESUME_AT
+        && shared.budget.low(flow)
+        && let Some(consumer) = shared.consumer.upgrade()
+    {
+        flow.set_paused(&consumer, &shared.spec.topic, partition, false);
     }
     Run {
         messages,
@@ -267,10 +270,11 @@ impl Progress for WorkerProgress<'_> {
         ) {
             crash::reach(CrashPoint::AfterCommit);
         }
-        if let Err(error) =
-            self.shared
-                .consumer
-                .store_offset(&message.topic, message.partition, message.offset)
+        // Gone when the listener was dropped: the message is then redelivered and deduplicated.
+        let Some(consumer) = self.shared.consumer.upgrade() else {
+            return;
+        };
+        if let Err(error) = consumer.store_offset(&message.topic, message.partition, message.offset)
         {
             tracing::debug!(target: "checkpoint", partition = message.partition, %error, "offset not stored");
         }

@@ -52,6 +52,7 @@ pub struct MetadataHeader {
 
 /// The `metadata` column of a failure row, as the engine writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FailureMetadata {
     /// The listener that consumed the message (`api/retry` for an operator's retry).
     pub listener_id: String,

@@ -6,14 +6,14 @@
 //! and it runs any diesel query built from backend-neutral tables ([`Conn::execute`],
 //! [`Conn::load`]).
 
-mod connect;
+pub(crate) mod connect;
 mod metadata;
 mod migrations;
 pub mod models;
 mod queries;
 pub mod schema;
 mod tls;
-mod url;
+pub(crate) mod url;
 
 use diesel::migration::MigrationSource;
 use diesel::sqlite::Sqlite;
@@ -29,14 +29,12 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
-pub use self::connect::{RawConnection, raw_connection};
 pub use self::metadata::{FailureMetadata, JsonBytes, MetadataHeader};
 pub use self::migrations::{BASE_MIGRATIONS, BaseMigration};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
 pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
 pub(crate) use self::url::Driver;
-pub use self::url::mask_password;
 pub use crate::error::{Backend, StoreError, StoreResult};
 
 /// The async SQLite connection (diesel's bundled SQLite driven on tokio's blocking pool).

@@ -10,7 +10,7 @@ use rdkafka::mocking::MockCluster;
 /// Starting or reaching the brokers failed.
 #[derive(Debug, thiserror::Error)]
 #[error("kafka: {0}")]
-pub struct BrokerError(pub String);
+pub struct BrokerError(String);
 
 pub(crate) fn broker_err(error: impl std::fmt::Display) -> BrokerError {
     BrokerError(error.to_string())

@@ -44,6 +44,9 @@ pub(crate) enum DevKafkaError {
     /// The mock cluster could not start or create a topic.
     #[error("mock cluster: {0}")]
     Cluster(#[from] rdkafka::error::KafkaError),
+    /// The signal handlers could not be installed.
+    #[error("cannot handle SIGINT/SIGTERM: {0}")]
+    Signals(#[source] std::io::Error),
     /// The port is taken or not ours to bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -55,12 +58,12 @@ pub(crate) enum DevKafkaError {
     },
 }
 
-/// Serves until `shutdown` completes: prints the bootstrap address first.
-pub(crate) async fn run(
-    addr: SocketAddr,
-    topics: &[TopicArg],
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), DevKafkaError> {
+/// Serves until SIGINT (Ctrl-C) or SIGTERM: prints the bootstrap address first, once the
+/// signal handlers are in place, so a signal right after the banner still ends it cleanly.
+pub(crate) async fn run(addr: SocketAddr, topics: &[TopicArg]) -> Result<(), DevKafkaError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DevKafkaError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(DevKafkaError::Signals)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| DevKafkaError::Bind { addr, source })?;
@@ -90,7 +93,8 @@ pub(crate) async fn run(
     println!("bootstrap.servers = \"{local}\"; messages are kept in memory until Ctrl-C");
     tokio::select! {
         () = forward(listener, upstream) => {}
-        () = shutdown => {}
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
     Ok(())
 }
@@ -105,8 +109,13 @@ async fn forward(listener: TcpListener, upstream: String) {
         };
         let upstream = upstream.clone();
         tokio::spawn(async move {
-            if let Ok(mut broker) = TcpStream::connect(&upstream).await {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            match TcpStream::connect(&upstream).await {
+                Ok(mut broker) => {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                }
+                Err(error) => {
+                    eprintln!("dev-kafka: cannot reach the mock cluster at {upstream}: {error}");
+                }
             }
         });
     }

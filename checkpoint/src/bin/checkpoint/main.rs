@@ -370,7 +370,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Api { database, bind } => api(&database, bind).await,
         Command::DevKafka { port, topics } => {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            dev_kafka::run(addr, &topics, checkpoint::app::shutdown_signal())
+            dev_kafka::run(addr, &topics)
                 .await
                 .map_err(|e| one_line(&e))
         }
