@@ -682,12 +682,19 @@ async fn retry_without_handler_is_409(db: TestDb) {
 
 async fn any_payload_renders(db: TestDb) {
     let binary: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
-    let cases: [(&str, &[u8], Value, &str); 5] = [
+    let cases: [(&str, &[u8], Value, &str); 6] = [
         ("text", b"not json at all", json!("not json at all"), "utf8"),
         ("binary", binary, json!("//4AgA=="), "base64"),
         ("empty", b"", json!(""), "utf8"),
         ("scalar", b"42", json!(42), "json"),
         ("array", b"[1,\"x\"]", json!([1, "x"]), "json"),
+        // Valid as raw JSON text, but no client parser accepts the lone surrogate: text.
+        (
+            "lone-surrogate",
+            br#""\ud800""#,
+            json!(r#""\ud800""#),
+            "utf8",
+        ),
     ];
     let router = plain(&db);
     for (checksum, payload, expected, encoding) in cases {
@@ -715,7 +722,7 @@ async fn any_payload_renders(db: TestDb) {
     for base in ["/v1/events", "/v1/failures"] {
         let (status, body) = get(&router, base).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body.as_array().expect("array").len(), 5);
+        assert_eq!(body.as_array().expect("array").len(), 6);
     }
     db.cleanup().await;
 }
@@ -1039,5 +1046,78 @@ async fn answers_before_the_router_are_as_documented() {
 
     stop.send(()).expect("server running");
     server.await.expect("join").expect("serve");
+    db.cleanup().await;
+}
+
+/// A browser's mutating request from another site is refused (the console's CSRF guard), the
+/// same request from the API's own origin or from a client that names no origin is not; every
+/// answer carries the security headers, and the console's pages forbid inline script.
+#[tokio::test]
+async fn cross_site_mutations_are_refused_and_headers_are_sent() {
+    let db = TestDb::sqlite().await;
+    let router = plain(&db);
+    let request = |origin: Option<&str>, site: Option<&str>| {
+        let mut builder = Request::builder()
+            .method("DELETE")
+            .uri("/v1/failures/424242")
+            .header(header::HOST, "127.0.0.1:9292");
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        if let Some(site) = site {
+            builder = builder.header("sec-fetch-site", site);
+        }
+        builder.body(Body::empty()).expect("request")
+    };
+    for (origin, site, expected) in [
+        (Some("http://evil.example"), None, StatusCode::FORBIDDEN),
+        (None, Some("cross-site"), StatusCode::FORBIDDEN),
+        (
+            Some("http://127.0.0.1:9292"),
+            Some("same-origin"),
+            StatusCode::NOT_FOUND,
+        ),
+        (None, None, StatusCode::NOT_FOUND),
+    ] {
+        let response = router
+            .clone()
+            .oneshot(request(origin, site))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), expected, "{origin:?} {site:?}");
+    }
+    let response = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/ui")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    let csp = headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(
+        headers
+            .get(header::X_CONTENT_TYPE_OPTIONS)
+            .map(|v| v.as_bytes()),
+        Some(&b"nosniff"[..])
+    );
+    let (status, body) = get(&router, "/ui/events").await;
+    assert_eq!(status, StatusCode::OK);
+    let page = body.as_str().unwrap_or_default();
+    assert!(
+        page.contains("<form") && !page.contains("<script>") && !page.contains(" style="),
+        "no inline script or style"
+    );
     db.cleanup().await;
 }

@@ -30,6 +30,10 @@ pub enum ApiError {
         /// Consumer group of the row.
         group_id: String,
     },
+    /// 403: a browser sent a mutating request from another site (its `Origin` or
+    /// `Sec-Fetch-Site`).
+    #[error("cross-site request refused")]
+    CrossOrigin,
     /// 405: the path exists, the method does not (the answer carries `Allow`).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -58,6 +62,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NoHandler { .. } => StatusCode::CONFLICT,
+            Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueryTooLong => StatusCode::URI_TOO_LONG,

@@ -16,6 +16,7 @@
 //! | `POST /v1/failures/{id}/retry` | `{"acknowledged":bool}`, or 422 when the handler fails |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | OpenAPI 3.0 document of these routes |
+//! | `GET /ui` … | the web console (HTML): overview, events, failures |
 //!
 //! ```no_run
 //! # async fn run(engine: checkpoint::Engine) -> std::io::Result<()> {
@@ -27,6 +28,7 @@
 //! ```
 
 mod bodies;
+mod console;
 mod error;
 mod extract;
 mod guard;
@@ -242,12 +244,14 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/failures/{id}/retry", post(routes::retry_failure))
         .route("/openapi.json", get(openapi::serve_document))
+        .merge(console::routes())
         .fallback(routes::not_found)
         // axum adds the `Allow` header to this answer.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(auth_state, guard::guard))
         .layer(middleware::from_fn(guard::count_request))
+        .layer(middleware::from_fn(guard::security_headers))
         .with_state(state)
 }
 

@@ -286,6 +286,7 @@ async fn start_api(
         let _ = stopped.await;
     }));
     println!("API on http://{local}");
+    println!("  console  http://{local}/ui");
     println!("  events   http://{local}/v1/events?limit=5  http://{local}/v1/failures");
     println!("  metrics  http://{local}/metrics");
     println!("  health   http://{local}/health/live  http://{local}/health/ready");
