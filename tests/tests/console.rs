@@ -211,19 +211,32 @@ async fn fits_the_width(client: &Client) -> bool {
         .unwrap_or(false)
 }
 
+/// Clicks the element `css` names.
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Waits for the answer the failure page shows next to its buttons.
+async fn answer(client: &Client) -> String {
+    wait_for_text(client, "#answer", |t| {
+        t.starts_with('2') || t.starts_with('4')
+    })
+    .await
+}
+
 async fn set_token(client: &Client, token: &str) {
     let input = client
         .find(Locator::Css("#token-input"))
         .await
         .expect("token input");
     input.send_keys(token).await.expect("type token");
-    client
-        .find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .expect("token button")
-        .click()
-        .await
-        .expect("use token");
+    click(client, "#token-form button[type=submit]").await;
 }
 
 async fn failure_id(store: &Store, id: &str) -> i64 {
@@ -353,13 +366,7 @@ async fn the_console_in_a_browser() {
         .send_keys("order-3")
         .await
         .expect("type");
-    client
-        .find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .expect("filter button")
-        .click()
-        .await
-        .expect("filter");
+    click(&client, "form.filters button[type=submit]").await;
     let table = wait_for_text(&client, "main", |t| {
         t.contains("order-3") && !t.contains("order-4")
     })
@@ -415,11 +422,7 @@ async fn the_console_in_a_browser() {
     set_token(&client, TOKEN).await;
     assert!(retry.is_enabled().await.expect("enabled?"));
     retry.click().await.expect("retry");
-    let answer = wait_for_text(&client, "#answer", |t| {
-        t.starts_with('2') || t.starts_with('4')
-    })
-    .await;
-    assert_eq!(answer, "200: acknowledged true");
+    assert_eq!(answer(&client).await, "200: acknowledged true");
     assert!(db.store.get_failure(flaky).await.expect("get").is_none());
 
     // A retry the handler fails again shows the 422 and its message.
@@ -428,18 +431,8 @@ async fn the_console_in_a_browser() {
         .goto(&format!("{base}/ui/failures/{poison}"))
         .await
         .expect("failure");
-    client
-        .find(Locator::Css("#retry"))
-        .await
-        .expect("retry")
-        .click()
-        .await
-        .expect("retry");
-    let answer = wait_for_text(&client, "#answer", |t| {
-        t.starts_with('2') || t.starts_with('4')
-    })
-    .await;
-    assert_eq!(answer, "422: poison order refused");
+    click(&client, "#retry").await;
+    assert_eq!(answer(&client).await, "422: poison order refused");
     assert_eq!(text(&client, "#attempts").await, "1", "the page as loaded");
 
     // Delete with a wrong token is refused; with the right one the row goes.
@@ -448,36 +441,17 @@ async fn the_console_in_a_browser() {
         .goto(&format!("{base}/ui/failures/{doomed}"))
         .await
         .expect("failure");
-    client
-        .find(Locator::Css("#token-forget"))
-        .await
-        .expect("forget")
-        .click()
-        .await
-        .expect("forget");
+    click(&client, "#token-forget").await;
     set_token(&client, "wrong").await;
-    client
-        .find(Locator::Css("#delete"))
-        .await
-        .expect("delete")
-        .click()
-        .await
-        .expect("delete");
+    click(&client, "#delete").await;
     client.accept_alert().await.expect("confirm");
-    let answer = wait_for_text(&client, "#answer", |t| {
-        t.starts_with('2') || t.starts_with('4')
-    })
-    .await;
-    assert_eq!(answer, "401: missing or invalid bearer token");
+    assert_eq!(
+        answer(&client).await,
+        "401: missing or invalid bearer token"
+    );
     assert!(db.store.get_failure(doomed).await.expect("get").is_some());
     set_token(&client, TOKEN).await;
-    client
-        .find(Locator::Css("#delete"))
-        .await
-        .expect("delete")
-        .click()
-        .await
-        .expect("delete");
+    click(&client, "#delete").await;
     client.accept_alert().await.expect("confirm");
     let started = Instant::now();
     while db.store.get_failure(doomed).await.expect("get").is_some() {

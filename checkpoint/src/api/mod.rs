@@ -47,7 +47,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub use self::bodies::{
     Acknowledged, Check, Count, ErrorBody, EventBody, FailureBody, FailureMetadataBody,
-    ListenerReadiness, Liveness, Payload, PayloadEncoding, Readiness,
+    KeyEncoding, ListenerReadiness, Liveness, Payload, PayloadEncoding, Readiness,
 };
 pub use self::error::ApiError;
 pub use self::openapi::openapi_document;
