@@ -269,8 +269,11 @@ async fn list_limit_offset_and_filters(db: TestDb) {
         row.event_type = Some(if i < 2 { "old" } else { "new" });
         row.topic = if i == 0 { "other-topic" } else { "orders" };
         row.group_id = if i == 1 { "other-group" } else { "billing" };
+        // c0 was written 500 s ago, c4 100 s ago.
+        row.created_at = Some(at(500 - 100 * i));
         insert_event(&db, row).await;
         let mut f = Row::new(checksum);
+        f.created_at = row.created_at;
         f.event_time = Some(at(100 - i));
         f.entity_id = row.entity_id;
         f.event_type = row.event_type;
@@ -279,8 +282,16 @@ async fn list_limit_offset_and_filters(db: TestDb) {
         insert_failure(&db, f).await;
     }
     let router = plain(&db);
+    let rfc3339 = |t: NaiveDateTime| t.and_utc().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let from = format!("?created_from={}", rfc3339(at(250)));
+    let until = format!("?created_until={}", rfc3339(at(350)));
+    let window = format!(
+        "?created_from={}&created_until={}",
+        rfc3339(at(450)),
+        rfc3339(at(150))
+    );
     for base in ["/v1/events", "/v1/failures"] {
-        let cases: [(&str, &[&str]); 9] = [
+        let cases: [(&str, &[&str]); 13] = [
             ("", &["c4", "c3", "c2", "c1", "c0"]),
             ("?limit=2", &["c4", "c3"]),
             ("?limit=2&offset=2", &["c2", "c1"]),
@@ -290,6 +301,10 @@ async fn list_limit_offset_and_filters(db: TestDb) {
             ("?topic=other-topic", &["c0"]),
             ("?group_id=other-group", &["c1"]),
             ("?event_type=old&entity_id=odd", &["c1"]),
+            ("?checksum=c2", &["c2"]),
+            (&from, &["c4", "c3"]),
+            (&until, &["c1", "c0"]),
+            (&window, &["c3", "c2", "c1"]),
         ];
         for (query, expected) in cases {
             let (status, body) = get(&router, &format!("{base}{query}")).await;
@@ -481,6 +496,9 @@ async fn bad_parameters_are_400(db: TestDb) {
             ("offset=1.5", "offset"),
             ("topic=a%00b", "topic"),
             ("entity_id=%00", "entity_id"),
+            ("checksum=%00", "checksum"),
+            ("created_from=yesterday", "created_from"),
+            ("created_until=2026-13-01T00:00:00Z", "created_until"),
         ] {
             let uri = format!("{base}?{query}");
             let (status, body) = get(&router, &uri).await;

@@ -394,6 +394,31 @@ async fn the_console_in_a_browser() {
         .await
         .expect("event");
     assert_eq!(text(&client, "pre.payload").await, XSS);
+    // The checksum and time-range filters are on the form, and the checksum narrows to one.
+    client
+        .goto(&format!(
+            "{base}/ui/events?checksum={}&created_from=",
+            xss.checksum
+        ))
+        .await
+        .expect("events by checksum");
+    let rows = client
+        .find_all(Locator::Css("#events tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert!(
+        client
+            .find(Locator::Css(
+                "input[name=created_from][type=datetime-local]"
+            ))
+            .await
+            .is_ok()
+    );
+    client
+        .goto(&format!("{base}/ui/events/{}", xss.id))
+        .await
+        .expect("event");
     let ran = client
         .execute("return typeof window.__xss;", vec![])
         .await

@@ -44,6 +44,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Listing {
                 "topic" => query.topic = Some(filter("topic", value)?),
                 "group_id" => query.group_id = Some(filter("group_id", value)?),
                 "event_type" => query.event_type = Some(filter("event_type", value)?),
+                "checksum" => query.checksum = Some(filter("checksum", value)?),
+                "created_from" => query.created_from = instant("created_from", &value)?,
+                "created_until" => query.created_until = instant("created_until", &value)?,
                 _ => {}
             }
         }
@@ -72,6 +75,27 @@ fn filter(name: &str, value: String) -> ApiResult<String> {
         )));
     }
     Ok(value)
+}
+
+/// A time bound: RFC 3339 (`2026-11-30T12:00:00Z`, any offset, converted to UTC), or
+/// `YYYY-MM-DDTHH:MM` / `YYYY-MM-DD HH:MM` read as UTC (what a browser's datetime field
+/// sends); empty is no bound.
+fn instant(name: &str, value: &str) -> ApiResult<Option<chrono::NaiveDateTime>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(Some(time.naive_utc()));
+    }
+    ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(value, format).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid {name}: must be an RFC 3339 time such as 2026-11-30T12:00:00Z"
+            ))
+        })
 }
 
 /// A non-negative integer parameter, at most `max`.

@@ -6,7 +6,7 @@
 //! | `GET /ping` | `PONG` (text) |
 //! | `GET /health/live` | 200 `{"live":true}` while the process answers |
 //! | `GET /health/ready` | 200 when the database answers and every listener has joined its group, else 503; the body says which check failed |
-//! | `GET /v1/events` | array of events (`limit`, `offset`, `entity_id`, `topic`, `group_id`, `event_type`) |
+//! | `GET /v1/events` | array of events (`limit`, `offset`, `entity_id`, `topic`, `group_id`, `event_type`, `checksum`, `created_from`, `created_until`) |
 //! | `GET /v1/events/{id}` | one event |
 //! | `POST /v1/events/{id}/retry` | `{"acknowledged":bool}` |
 //! | `GET /v1/failures` | array of failures (same parameters) |

@@ -34,11 +34,25 @@ pub fn openapi_document() -> Value {
                "schema": {"type": "integer", "format": "int64", "minimum": 0,
                           "maximum": i64::MAX, "default": 0}}),
     ];
+    let instant = |name: &str, description: &str| {
+        json!({"name": name, "in": "query", "required": false,
+               "schema": {"type": "string", "format": "date-time"},
+               "description": description})
+    };
     let filters = vec![
         filter("entity_id"),
         filter("topic"),
         filter("group_id"),
         filter("event_type"),
+        filter("checksum"),
+        instant(
+            "created_from",
+            "only rows created at or after this RFC 3339 time",
+        ),
+        instant(
+            "created_until",
+            "only rows created before this RFC 3339 time",
+        ),
     ];
     let list_params: Vec<Value> = paging.iter().chain(&filters).cloned().collect();
     let schema_ref = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});

@@ -152,7 +152,8 @@ pub struct NewFailure<'a> {
     pub attempts: i32,
 }
 
-/// Exact-match filters and paging for listing events or failures.
+/// Filters (exact matches, and a `created_at` range) and paging for listing events or
+/// failures.
 ///
 /// Results are ordered `event_time DESC NULLS LAST, created_at DESC NULLS LAST, id DESC`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +166,12 @@ pub struct ListQuery {
     pub group_id: Option<String>,
     /// Only rows of this event type.
     pub event_type: Option<String>,
+    /// Only rows with this duplicate key.
+    pub checksum: Option<String>,
+    /// Only rows created at or after this time (UTC).
+    pub created_from: Option<NaiveDateTime>,
+    /// Only rows created before this time (UTC).
+    pub created_until: Option<NaiveDateTime>,
     /// Maximum number of rows (default 20).
     pub limit: i64,
     /// Rows to skip (default 0).
@@ -178,6 +185,9 @@ impl Default for ListQuery {
             topic: None,
             group_id: None,
             event_type: None,
+            checksum: None,
+            created_from: None,
+            created_until: None,
             limit: 20,
             offset: 0,
         }

@@ -152,6 +152,15 @@ macro_rules! filtered {
         if let Some(v) = &q.event_type {
             query = query.filter($table::event_type.eq(v.clone()));
         }
+        if let Some(v) = &q.checksum {
+            query = query.filter($table::checksum.eq(v.clone()));
+        }
+        if let Some(v) = q.created_from {
+            query = query.filter($table::created_at.ge(v));
+        }
+        if let Some(v) = q.created_until {
+            query = query.filter($table::created_at.lt(v));
+        }
         query
     }};
 }

@@ -98,6 +98,7 @@ fn form(mut query: ListQuery) -> ListQuery {
         &mut query.group_id,
         &mut query.entity_id,
         &mut query.event_type,
+        &mut query.checksum,
     ] {
         if field.as_deref() == Some("") {
             *field = None;

@@ -169,12 +169,24 @@ fn filters(action: &str, query: &ListQuery) -> Markup {
             }
         }
     };
+    let instant = |name: &str, label: &str, value: Option<NaiveDateTime>| {
+        let value = value.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
+        html! {
+            label {
+                span { (label) }
+                input type="datetime-local" name=(name) value=(value.unwrap_or_default());
+            }
+        }
+    };
     html! {
         form.filters method="get" action=(action) role="search" {
             (field("topic", &query.topic))
             (field("group_id", &query.group_id))
             (field("entity_id", &query.entity_id))
             (field("event_type", &query.event_type))
+            (field("checksum", &query.checksum))
+            (instant("created_from", "created from (UTC)", query.created_from))
+            (instant("created_until", "created before (UTC)", query.created_until))
             button type="submit" { "Filter" }
             a href=(action) { "Clear" }
         }
@@ -193,9 +205,21 @@ fn paging(base: &str, query: &ListQuery, shown: usize) -> Markup {
             ("group_id", &query.group_id),
             ("entity_id", &query.entity_id),
             ("event_type", &query.event_type),
+            ("checksum", &query.checksum),
         ] {
             if let Some(value) = value {
                 pairs.push((name.to_owned(), value.clone()));
+            }
+        }
+        for (name, value) in [
+            ("created_from", query.created_from),
+            ("created_until", query.created_until),
+        ] {
+            if let Some(value) = value {
+                let rfc3339 = value
+                    .and_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                pairs.push((name.to_owned(), rfc3339));
             }
         }
         let encoded: Vec<String> = pairs
