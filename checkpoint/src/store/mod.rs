@@ -6,6 +6,8 @@
 //! and it runs any diesel query built from backend-neutral tables ([`Conn::execute`],
 //! [`Conn::load`]).
 
+mod attempts;
+mod bulk;
 pub(crate) mod connect;
 mod metadata;
 mod migrations;
@@ -14,6 +16,7 @@ mod queries;
 pub mod schema;
 mod tls;
 pub(crate) mod url;
+mod validate;
 
 use diesel::migration::MigrationSource;
 use diesel::sqlite::Sqlite;
@@ -32,9 +35,9 @@ pub use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 pub use self::metadata::{FailureMetadata, JsonBytes, MetadataHeader};
 pub use self::migrations::{BASE_MIGRATIONS, BaseMigration};
 pub use self::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
-pub use self::queries::{MAX_TEXT_LEN, check_text, check_time};
 pub use self::url::DatabaseUrl;
 pub(crate) use self::url::Driver;
+pub use self::validate::{MAX_TEXT_LEN, check_text, check_time};
 pub use crate::error::{Backend, StoreError, StoreResult};
 
 /// The async SQLite connection (diesel's bundled SQLite driven on tokio's blocking pool).

@@ -9,12 +9,13 @@ use diesel::prelude::{
 };
 use diesel_async::RunQueryDsl;
 
-use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
-use super::schema::{
-    checkpoint_attempts as at, checkpoint_events as ev, checkpoint_failures as fl,
-    checkpoint_owners as ow,
+use super::bulk::{
+    RETURN_KEYS, StoredChecksum, StoredKey, postgres_unnest_insert, sqlite_multi_insert,
 };
-use super::{Conn, Store, StoreError, StoreResult, dispatch};
+use super::models::{DedupKey, Event, Failure, ListQuery, NewEvent, NewFailure, PrunedTable};
+use super::schema::{checkpoint_events as ev, checkpoint_failures as fl};
+use super::validate::{storable_text, validate_event, validate_failure};
+use super::{Conn, Store, StoreResult, dispatch};
 
 /// `INSERT … ON CONFLICT DO NOTHING` of `$values` into `$table` (`INSERT IGNORE` on MySQL;
 /// what IGNORE would otherwise hide, truncation, is ruled out by validation and strict mode);
@@ -45,95 +46,10 @@ macro_rules! insert_ignoring {
         }
     };
 }
-
-/// Longest value of the indexed text columns (topic, group_id, checksum, entity_id,
-/// event_type, event_version) on every backend.
-pub const MAX_TEXT_LEN: usize = 255;
+pub(super) use insert_ignoring;
 
 /// Rows per multi-row INSERT; keeps every backend well under its bind-parameter limit.
 const INSERT_CHUNK: usize = 1000;
-
-/// Checks that `value` fits a checkpoint text column: at most [`MAX_TEXT_LEN`] characters and
-/// no NUL (PostgreSQL text cannot hold one).
-pub fn check_text(field: &'static str, value: Option<&str>) -> StoreResult<()> {
-    match value {
-        Some(v) if v.chars().count() > MAX_TEXT_LEN => Err(StoreError::FieldTooLong {
-            field,
-            len: v.chars().count(),
-            max: MAX_TEXT_LEN,
-        }),
-        Some(v) if v.contains('\0') => Err(StoreError::FieldInvalid {
-            field,
-            reason: "contains a NUL character",
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Checks that `value` fits a checkpoint time column on every backend: the years 1000 to 9999
-/// (MySQL's DATETIME range).
-pub fn check_time(field: &'static str, value: Option<chrono::NaiveDateTime>) -> StoreResult<()> {
-    use chrono::Datelike as _;
-    match value {
-        Some(t) if !(1000..=9999).contains(&t.year()) => Err(StoreError::FieldInvalid {
-            field,
-            reason: "is outside the years 1000 to 9999",
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Free text as every backend can hold it: a NUL (which PostgreSQL refuses in text) becomes
-/// U+FFFD. For error messages, which are told, not matched.
-fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    }
-}
-
-/// Rejects values that a backend would otherwise truncate or refuse mid-transaction: the
-/// text columns events and failures share, in column order.
-fn validate_texts(
-    topic: &str,
-    group_id: &str,
-    checksum: &str,
-    entity_id: Option<&str>,
-    event_type: Option<&str>,
-    event_version: Option<&str>,
-) -> StoreResult<()> {
-    check_text("topic", Some(topic))?;
-    check_text("group_id", Some(group_id))?;
-    check_text("checksum", Some(checksum))?;
-    check_text("entity_id", entity_id)?;
-    check_text("event_type", event_type)?;
-    check_text("event_version", event_version)
-}
-
-pub(crate) fn validate_event(r: &NewEvent<'_>) -> StoreResult<()> {
-    check_time("event_time", r.event_time)?;
-    validate_texts(
-        r.topic,
-        r.group_id,
-        r.checksum,
-        r.entity_id,
-        r.event_type,
-        r.event_version,
-    )
-}
-
-fn validate_failure(r: &NewFailure<'_>) -> StoreResult<()> {
-    check_time("event_time", r.event_time)?;
-    validate_texts(
-        r.topic,
-        r.group_id,
-        r.checksum,
-        r.entity_id,
-        r.event_type,
-        r.event_version,
-    )
-}
 
 /// Builds the filtered, boxed listing query of `$table` for backend `$db`.
 macro_rules! filtered {
@@ -243,99 +159,6 @@ macro_rules! list_rows {
             }
         }
     }};
-}
-
-/// A row of the PostgreSQL existence probe.
-#[derive(diesel::QueryableByName)]
-struct StoredChecksum {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    checksum: String,
-}
-
-/// A dedup key returned by the PostgreSQL insert.
-#[derive(diesel::QueryableByName)]
-struct StoredKey {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    topic: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    group_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    checksum: String,
-}
-
-/// PostgreSQL's multi-row insert reporting the keys it stored: one array per column, unnested
-/// server-side. Twelve bound arrays instead of twelve parameters per row keep the statement
-/// text the same for every batch (prepared once per connection) and its planning cheap.
-fn postgres_unnest_insert<'a>(
-    rows: &'a [NewEvent<'a>],
-) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
-    use diesel::sql_types::{Array, BigInt, Binary, Integer, Nullable, Text, Timestamp};
-    fn column<'a, T>(rows: &'a [NewEvent<'a>], f: impl Fn(&'a NewEvent<'a>) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
-    }
-    diesel::sql_query(
-        "INSERT INTO checkpoint_events (topic, group_id, \"partition\", \"offset\", \"key\", \
-         checksum, entity_id, event_time, event_type, event_version, payload, created_at) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::bytea[], \
-         $6::text[], $7::text[], $8::timestamp[], $9::text[], $10::text[], $11::bytea[], \
-         $12::timestamp[]) ON CONFLICT DO NOTHING",
-    )
-    .sql(RETURN_KEYS)
-    .into_boxed::<diesel::pg::Pg>()
-    .bind::<Array<Text>, _>(column(rows, |r| r.topic))
-    .bind::<Array<Text>, _>(column(rows, |r| r.group_id))
-    .bind::<Array<Integer>, _>(column(rows, |r| r.partition))
-    .bind::<Array<BigInt>, _>(column(rows, |r| r.offset))
-    .bind::<Array<Nullable<Binary>>, _>(column(rows, |r| r.key))
-    .bind::<Array<Text>, _>(column(rows, |r| r.checksum))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.entity_id))
-    .bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.event_time))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.event_type))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.event_version))
-    .bind::<Array<Binary>, _>(column(rows, |r| r.payload))
-    .bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.created_at))
-}
-
-/// The `RETURNING` clause that reports the dedup key of every row an insert stored.
-const RETURN_KEYS: &str = " RETURNING topic, group_id, checksum";
-
-/// `INSERT INTO checkpoint_events (…) VALUES (…), (…) ON CONFLICT DO NOTHING` for SQLite, with
-/// every value bound, followed by `returning` (empty, or [`RETURN_KEYS`]). One statement in
-/// autocommit mode is atomic by itself; inside a transaction SQLite also journals every page it
-/// touches, so that it can undo the one statement.
-fn sqlite_multi_insert<'a>(
-    rows: &'a [NewEvent<'a>],
-    returning: &str,
-) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::sqlite::Sqlite, diesel::query_builder::SqlQuery>
-{
-    use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text, Timestamp};
-    let mut sql = String::from(
-        "INSERT INTO checkpoint_events (topic, group_id, \"partition\", \"offset\", \"key\", \
-         checksum, entity_id, event_time, event_type, event_version, payload, created_at) VALUES ",
-    );
-    for i in 0..rows.len() {
-        sql.push_str(if i == 0 { "" } else { ", " });
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    sql.push_str(returning);
-    let mut query = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
-    for row in rows {
-        query = query
-            .bind::<Text, _>(row.topic)
-            .bind::<Text, _>(row.group_id)
-            .bind::<Integer, _>(row.partition)
-            .bind::<BigInt, _>(row.offset)
-            .bind::<Nullable<Binary>, _>(row.key)
-            .bind::<Text, _>(row.checksum)
-            .bind::<Nullable<Text>, _>(row.entity_id)
-            .bind::<Nullable<Timestamp>, _>(row.event_time)
-            .bind::<Nullable<Text>, _>(row.event_type)
-            .bind::<Nullable<Text>, _>(row.event_version)
-            .bind::<Binary, _>(row.payload)
-            .bind::<Nullable<Timestamp>, _>(row.created_at);
-    }
-    query
 }
 
 impl Conn<'_> {
@@ -704,178 +527,10 @@ impl Conn<'_> {
         let deleted = dispatch!(self, c => query.execute(&mut **c).await);
         deleted.map(|n| n > 0).map_err(|e| self.query_error(e))
     }
-
-    /// Counts one more delivery of `key` that has not settled yet, durably (autocommitted), and
-    /// returns how many are counted now: one more than before (plus `uncounted`, deliveries
-    /// known to have happened without being counted, when `key` has no count yet), and at
-    /// least `at_least` (the attempts this process made itself). `delivery` names this
-    /// delivery: counting the same one again changes nothing, so a retried statement or a
-    /// lost reply cannot count it twice. A partition has one owner at a time, so the
-    /// read-modify-write needs no lock.
-    pub async fn count_attempt(
-        &mut self,
-        key: DedupKey<'_>,
-        delivery: &str,
-        uncounted: u32,
-        at_least: u32,
-    ) -> StoreResult<u32> {
-        let this = at::table
-            .filter(at::topic.eq(key.topic))
-            .filter(at::group_id.eq(key.group_id))
-            .filter(at::checksum.eq(key.checksum));
-        let read = dispatch!(self, c => this
-            .select((at::attempts, at::last_delivery))
-            .first::<(i32, String)>(&mut **c)
-            .await
-            .optional());
-        let before = read.map_err(|e| self.query_error(e))?;
-        let counted = match &before {
-            Some((n, last)) if last == delivery => return Ok(u32::try_from(*n).unwrap_or(0)),
-            Some((n, _)) => u32::try_from(*n).unwrap_or(0),
-            None => uncounted,
-        }
-        .saturating_add(1)
-        .max(at_least);
-        let stored = i32::try_from(counted).unwrap_or(i32::MAX);
-        let now = chrono::Utc::now().naive_utc();
-        let written = if before.is_some() {
-            let bump = diesel::update(this).set((
-                at::attempts.eq(stored),
-                at::last_delivery.eq(delivery),
-                at::updated_at.eq(now),
-            ));
-            dispatch!(self, c => bump.execute(&mut **c).await)
-        } else {
-            let first = (
-                at::topic.eq(key.topic),
-                at::group_id.eq(key.group_id),
-                at::checksum.eq(key.checksum),
-                at::attempts.eq(stored),
-                at::last_delivery.eq(delivery),
-                at::updated_at.eq(now),
-            );
-            insert_ignoring!(self, at::table, first)
-        };
-        written.map_err(|e| self.query_error(e))?;
-        Ok(counted)
-    }
-
-    /// Records `owner` as the owner of a partition's stream; true when a previous owner's row
-    /// was still there (it did not let the partition go cleanly). Two claimants racing both
-    /// succeed; the later one's row stays.
-    pub async fn claim_partition(
-        &mut self,
-        topic: &str,
-        group_id: &str,
-        partition: i32,
-        owner: &str,
-    ) -> StoreResult<bool> {
-        let now = chrono::Utc::now().naive_utc();
-        let row = (
-            ow::topic.eq(topic),
-            ow::group_id.eq(group_id),
-            ow::partition.eq(partition),
-            ow::owner.eq(owner),
-            ow::since.eq(now),
-        );
-        let inserted = insert_ignoring!(self, ow::table, row);
-        if inserted.map_err(|e| self.query_error(e))? > 0 {
-            return Ok(false);
-        }
-        let this = ow::table
-            .filter(ow::topic.eq(topic))
-            .filter(ow::group_id.eq(group_id))
-            .filter(ow::partition.eq(partition));
-        let taken = diesel::update(this).set((ow::owner.eq(owner), ow::since.eq(now)));
-        let updated = dispatch!(self, c => taken.execute(&mut **c).await);
-        updated.map(|_| true).map_err(|e| self.query_error(e))
-    }
-
-    /// Deletes `owner`'s row of a partition (it lets the partition go cleanly); a row another
-    /// owner wrote since is left alone.
-    pub async fn release_partition(
-        &mut self,
-        topic: &str,
-        group_id: &str,
-        partition: i32,
-        owner: &str,
-    ) -> StoreResult<()> {
-        let query = diesel::delete(
-            ow::table
-                .filter(ow::topic.eq(topic))
-                .filter(ow::group_id.eq(group_id))
-                .filter(ow::partition.eq(partition))
-                .filter(ow::owner.eq(owner)),
-        );
-        let result = dispatch!(self, c => query.execute(&mut **c).await);
-        result.map(drop).map_err(|e| self.query_error(e))
-    }
-
-    /// Forgets the counted deliveries of `key` (it settled).
-    pub async fn clear_attempts(&mut self, key: DedupKey<'_>) -> StoreResult<()> {
-        let query = diesel::delete(
-            at::table
-                .filter(at::topic.eq(key.topic))
-                .filter(at::group_id.eq(key.group_id))
-                .filter(at::checksum.eq(key.checksum)),
-        );
-        let result = dispatch!(self, c => query.execute(&mut **c).await);
-        result.map(drop).map_err(|e| self.query_error(e))
-    }
 }
 
 /// One pooled connection per call: the same queries, for callers that hold no connection.
 impl Store {
-    /// See [`Conn::count_attempt`].
-    pub async fn count_attempt(
-        &self,
-        key: DedupKey<'_>,
-        delivery: &str,
-        uncounted: u32,
-        at_least: u32,
-    ) -> StoreResult<u32> {
-        self.conn()
-            .await?
-            .conn()
-            .count_attempt(key, delivery, uncounted, at_least)
-            .await
-    }
-
-    /// See [`Conn::claim_partition`].
-    pub async fn claim_partition(
-        &self,
-        topic: &str,
-        group_id: &str,
-        partition: i32,
-        owner: &str,
-    ) -> StoreResult<bool> {
-        self.conn()
-            .await?
-            .conn()
-            .claim_partition(topic, group_id, partition, owner)
-            .await
-    }
-
-    /// See [`Conn::release_partition`].
-    pub async fn release_partition(
-        &self,
-        topic: &str,
-        group_id: &str,
-        partition: i32,
-        owner: &str,
-    ) -> StoreResult<()> {
-        self.conn()
-            .await?
-            .conn()
-            .release_partition(topic, group_id, partition, owner)
-            .await
-    }
-
-    /// See [`Conn::clear_attempts`].
-    pub async fn clear_attempts(&self, key: DedupKey<'_>) -> StoreResult<()> {
-        self.conn().await?.conn().clear_attempts(key).await
-    }
-
     /// See [`Conn::event_exists`].
     pub async fn event_exists(&self, key: DedupKey<'_>) -> StoreResult<bool> {
         self.conn().await?.conn().event_exists(key).await
