@@ -825,3 +825,86 @@ async fn dropping_a_running_listener_does_not_cancel_consume() {
     assert_eq!(db.event_count().await, 1, "the message in hand settled");
     db.cleanup().await;
 }
+
+/// A client that asks for a retry and hangs up while `consume` runs (a browser tab closed, a
+/// proxy timeout) must not cancel `consume` at its await: the retry runs to its end, and the
+/// failure it settled is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_does_not_cancel_a_retry() {
+    use checkpoint::api::{self, ApiState, Handlers};
+    use checkpoint::store::NewFailure;
+    use tokio::io::AsyncWriteExt as _;
+
+    let db = TestDb::sqlite().await;
+    let id = db
+        .store
+        .record_failure(&NewFailure {
+            created_at: None,
+            topic: TOPIC,
+            group_id: GROUP,
+            partition: 0,
+            offset: 0,
+            key: None,
+            checksum: "o-hangup",
+            entity_id: None,
+            event_time: None,
+            event_type: None,
+            event_version: None,
+            payload: b"o-hangup",
+            metadata: "{}",
+            error_class: "app::Boom",
+            error_message: "boom",
+            error_backtrace: "[]",
+            attempts: 1,
+        })
+        .await
+        .expect("a failure row");
+    let handler = Arc::new(InsideConsume {
+        entered: tokio::sync::Notify::new(),
+        finished: std::sync::atomic::AtomicBool::new(false),
+        cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    });
+    let handlers = Handlers::new().register(TOPIC, GROUP, Arc::clone(&handler) as Arc<dyn Handler>);
+    let router = api::router(ApiState::new(Engine::new(db.store.clone())).handlers(handlers));
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = socket.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(socket, router, async move {
+        let _ = stopped.await;
+    }));
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST /v1/failures/{id}/retry HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\n\r\n"
+    );
+    client
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    tokio::time::timeout(FAULT_TIMEOUT, handler.entered.notified())
+        .await
+        .expect("consume was called");
+    // The client hangs up with `consume` at its await.
+    drop(client);
+    let started = Instant::now();
+    while db.store.get_failure(id).await.expect("read").is_some()
+        && started.elapsed() < FAULT_TIMEOUT
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !handler.cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        "consume was cancelled at its await when the client hung up"
+    );
+    assert!(handler.finished.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        db.store.get_failure(id).await.expect("read").is_none(),
+        "the retried failure settled and was deleted"
+    );
+    assert_eq!(db.event_count().await, 1, "the retry stored its event");
+    let _ = stop.send(());
+    let _ = server.await;
+    db.cleanup().await;
+}

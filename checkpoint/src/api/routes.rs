@@ -185,11 +185,10 @@ pub(super) async fn retry_failure(
         .await?
         .ok_or(ApiError::NotFound("failure not found"))?;
     let handler = handler_for(&state, &row.topic, &row.group_id)?;
-    let outcome = state
-        .engine
-        .retry_failure_row(handler.as_ref(), row)
-        .await?;
-    retried(outcome)
+    let engine = state.engine.clone();
+    // In a task of its own: a client that hangs up does not cancel `consume` mid-call.
+    let retry = tokio::spawn(async move { engine.retry_failure_row(handler.as_ref(), row).await });
+    retried(joined(retry.await)?)
 }
 
 fn handler_for(state: &ApiState, topic: &str, group_id: &str) -> ApiResult<Arc<dyn Handler>> {
