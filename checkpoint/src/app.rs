@@ -238,10 +238,7 @@ impl App {
         let serving = match api {
             Some((addr, Some(socket))) => {
                 use crate::api::{ApiState, Handlers, ListenerProbe, prometheus, router, serve};
-                let probes = listeners.iter().map(|l| ListenerProbe {
-                    listener_id: l.listener_id().to_owned(),
-                    stats: l.stats(),
-                });
+                let probes = listeners.iter().map(ListenerProbe::of);
                 let state = ApiState::new(self.engine.clone())
                     .handlers(Handlers::for_app(&self, &self.config))
                     .token(self.config.api.token.clone())

@@ -32,6 +32,21 @@ pub fn is_secret_property(key: &str) -> bool {
     SECRET_MARKS.iter().any(|mark| key.contains(mark))
 }
 
+/// A copy of `properties` with every secret value masked.
+pub(crate) fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let shown = if is_secret_property(key) {
+                MASK.to_owned()
+            } else {
+                value.clone()
+            };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
 /// A property map shown with every secret value masked.
 pub(crate) struct Masked<'a>(pub(crate) &'a BTreeMap<String, String>);
 

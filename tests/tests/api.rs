@@ -209,6 +209,8 @@ async fn readiness_names_what_is_not_ready(db: TestDb) {
     let waiting = api::router(state(&db).listeners([ListenerProbe {
         listener_id: "billing/orders".to_owned(),
         stats: Arc::default(),
+        control: Arc::default(),
+        settings: None,
     }]));
     let (status, body) = get(&waiting, "/health/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -220,6 +222,63 @@ async fn readiness_names_what_is_not_ready(db: TestDb) {
     assert_eq!(body["ready"], json!(false));
     let (status, body) = get(&waiting, "/health/live").await;
     assert_eq!((status, body), (StatusCode::OK, json!({"live": true})));
+
+    // The listener routes: the list, and what pause and resume refuse.
+    let (status, body) = get(&waiting, "/v1/listeners").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body[0]["listener_id"], "billing/orders", "{body}");
+    assert_eq!(body[0]["joined"], false, "{body}");
+    assert_eq!(body[0]["partitions"], json!([]), "{body}");
+    assert_eq!(body[0]["counters"]["received"], 0, "{body}");
+    let pause = |path: &str| format!("/v1/listeners/{path}/pause");
+    let (status, body) = send(
+        &waiting,
+        "POST",
+        &pause("billing%2Forders/partitions/3"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body,
+        error_body("partition 3 is not assigned to listener `billing/orders` in this process")
+    );
+    let (status, body) = send(&waiting, "POST", &pause("nobody/partitions/3"), None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::NOT_FOUND, error_body("listener not found"))
+    );
+    for bad in ["-1", "x", "2147483648", "+1"] {
+        let uri = pause(&format!("billing%2Forders/partitions/{bad}"));
+        let (status, body) = send(&waiting, "POST", &uri, None).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                error_body("invalid partition: must be a non-negative 32-bit integer")
+            ),
+            "{bad}"
+        );
+    }
+    let (status, body) = send(
+        &waiting,
+        "POST",
+        "/v1/listeners/billing%2Forders/partitions/3/resume",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"listener_id": "billing/orders", "partition": 3, "paused_by_operator": false,
+               "changed": false})
+    );
+    let (status, _) = get(
+        &waiting,
+        "/v1/listeners/billing%2Forders/partitions/3/pause",
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     db.cleanup().await;
 }
 
@@ -540,6 +599,10 @@ async fn token_guards_mutating_routes(db: TestDb) {
             ("DELETE", format!("/v1/failures/{a}")),
             ("POST", format!("/v1/failures/{a}/retry")),
             ("POST", "/v1/events/1/retry".to_owned()),
+            ("POST", "/v1/failures/bulk/retry".to_owned()),
+            ("POST", "/v1/failures/bulk/delete".to_owned()),
+            ("POST", "/v1/listeners/g%2Ft/partitions/0/pause".to_owned()),
+            ("POST", "/v1/listeners/g%2Ft/partitions/0/resume".to_owned()),
         ] {
             let (status, body) = send(&guarded, method, &uri, token).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} {token:?}");
@@ -578,6 +641,76 @@ async fn token_guards_mutating_routes(db: TestDb) {
 
 fn with_handler(db: &TestDb, handler: Arc<dyn Handler>) -> Router {
     api::router(state(db).handlers(Handlers::new().register("orders", "billing", handler)))
+}
+
+/// Bulk retry and delete take the failures the filters match, at most `limit` of them, and
+/// tally what each did.
+async fn bulk_actions_take_the_filtered_set(db: TestDb) {
+    let first = engine_failure(&db, 1, r#"{"id":"o-1"}"#).await;
+    engine_failure(&db, 2, r#"{"id":"o-2"}"#).await;
+    engine_failure(&db, 3, r#"{"id":"o-3"}"#).await;
+    let handler = Arc::new(Scripted::new(Step::Ack).script(&[Step::Fail]));
+    let router = with_handler(&db, handler.clone());
+    let checksum = db
+        .store
+        .get_failure(first)
+        .await
+        .expect("get")
+        .expect("row")
+        .checksum;
+    let uri = format!("/v1/failures/bulk/retry?checksum={checksum}");
+    let (status, body) = send(&router, "POST", &uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"matched": 1, "processed": 1, "acknowledged": 0, "settled_otherwise": 0,
+               "failed": 1, "conflicts": 0, "deleted": 0, "vanished": 0})
+    );
+    let kept = db
+        .store
+        .get_failure(first)
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(kept.attempts, 2);
+
+    let (status, body) = send(&router, "POST", "/v1/failures/bulk/retry?limit=2", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["matched"], &body["processed"], &body["acknowledged"]),
+        (&json!(3), &json!(2), &json!(2)),
+        "{body}"
+    );
+    assert_eq!(db.event_count().await, 2);
+    assert_eq!(handler.calls(), 3);
+    let (_, left) = get(&router, "/v1/failures/count").await;
+    assert_eq!(left, json!({"count": 1}));
+
+    // Without a handler for their topic and group, failures are kept and counted as conflicts.
+    let bare = plain(&db);
+    let (status, body) = send(&bare, "POST", "/v1/failures/bulk/retry", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["conflicts"], 1, "{body}");
+
+    let (status, body) = send(
+        &router,
+        "POST",
+        "/v1/failures/bulk/delete?topic=other",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((&body["matched"], &body["deleted"]), (&json!(0), &json!(0)));
+    let (status, body) = send(&router, "POST", "/v1/failures/bulk/delete", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["matched"], &body["processed"], &body["deleted"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{body}"
+    );
+    let (_, left) = get(&router, "/v1/failures/count").await;
+    assert_eq!(left, json!({"count": 0}));
+    db.cleanup().await;
 }
 
 async fn retry_failure_outcomes(db: TestDb) {
@@ -870,7 +1003,14 @@ async fn openapi_agrees_with_routes(db: TestDb) {
             } else {
                 failure
             };
-            let concrete = path.replace("{id}", &id.to_string());
+            let mut concrete = path
+                .replace("{id}", &id.to_string())
+                .replace("{listener_id}", "billing%2Forders")
+                .replace("{partition}", "0");
+            if path.contains("/bulk/") {
+                // Matches nothing: the rows the other routes need stay.
+                concrete.push_str("?entity_id=no-such-entity");
+            }
             let (status, body) =
                 send(&router, &method.to_uppercase(), &concrete, Some(TOKEN)).await;
             assert!(
@@ -906,6 +1046,11 @@ async fn openapi_agrees_with_routes(db: TestDb) {
         "GET /v1/failures/{id}",
         "DELETE /v1/failures/{id}",
         "POST /v1/failures/{id}/retry",
+        "POST /v1/failures/bulk/retry",
+        "POST /v1/failures/bulk/delete",
+        "GET /v1/listeners",
+        "POST /v1/listeners/{listener_id}/partitions/{partition}/pause",
+        "POST /v1/listeners/{listener_id}/partitions/{partition}/resume",
     ];
     expected.sort();
     assert_eq!(documented, expected);
@@ -925,6 +1070,7 @@ on_every_backend!(
     bad_parameters_are_400,
     token_guards_mutating_routes,
     retry_failure_outcomes,
+    bulk_actions_take_the_filtered_set,
     retry_event_reports_already_consumed,
     retry_without_handler_is_409,
     app_handlers_serve_retries,

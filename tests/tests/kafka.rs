@@ -674,3 +674,129 @@ mod app {
         super::an_app_runs_its_configured_listeners(crate::support::TestDb::sqlite().await).await;
     }
 }
+
+/// An operator pauses one partition of a running listener: the other keeps flowing, the paused
+/// one applies nothing more while paused (its state says so), and once resumed it applies
+/// what arrived meanwhile, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pause_holds_a_partition_until_resumed() {
+    let db = TestDb::sqlite().await;
+    db.create_side_effects_table().await;
+    let (topic, group) = ("paused", "operators");
+    let cluster = Cluster::new(topic, 2);
+    let order = |partition: i32, id: String| {
+        let payload = format!(r#"{{"id":"{id}"}}"#).into_bytes();
+        (partition, id, payload)
+    };
+    cluster
+        .produce(topic, &[order(0, "a-0".into()), order(1, "a-1".into())])
+        .await;
+    let listener = Listener::new(
+        spec(&cluster, Arc::new(Sink), topic, group),
+        Engine::new(db.store.clone()),
+    );
+    let stats = listener.stats();
+    let control = listener.control();
+    let api = checkpoint::api::router(
+        checkpoint::api::ApiState::new(Engine::new(db.store.clone()))
+            .listeners([checkpoint::api::ListenerProbe::of(&listener)]),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(listener.run(async {
+        let _ = stopped.await;
+    }));
+    wait_until(TIMEOUT, "the first two orders", || async {
+        db.total_side_effects().await == 2
+    })
+    .await;
+    wait_until(TIMEOUT, "both partitions published", || async {
+        stats.partitions().len() == 2
+    })
+    .await;
+    // Through the API, as the console does it; the listener id is percent-encoded.
+    let (status, body) = post(&api, "/v1/listeners/operators%2Fpaused/partitions/0/pause").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"listener_id": "operators/paused", "partition": 0,
+                           "paused_by_operator": true, "changed": true})
+    );
+    assert!(!control.pause(0), "a second pause changes nothing");
+    wait_until(
+        TIMEOUT,
+        "partition 0 shown paused by the operator",
+        || async {
+            stats
+                .partitions()
+                .iter()
+                .any(|p| p.partition == 0 && p.paused && p.paused_by_operator)
+        },
+    )
+    .await;
+
+    let later: Vec<_> = (0..20).map(|i| order(i % 2, format!("b-{i}"))).collect();
+    cluster.produce(topic, &later).await;
+    wait_until(TIMEOUT, "partition 1's ten orders", || async {
+        db.total_side_effects().await == 12
+    })
+    .await;
+    // Partition 0 stays where it was: nothing of it is applied while paused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        db.total_side_effects().await,
+        12,
+        "a paused partition moved"
+    );
+    for i in (0..20).step_by(2) {
+        assert_eq!(db.side_effects(&format!("b-{i}")).await, 0, "b-{i}");
+    }
+    let state = stats.partitions();
+    assert!(
+        state
+            .iter()
+            .any(|p| p.partition == 1 && !p.paused_by_operator),
+        "{state:?}"
+    );
+    // Its lag shows the ten orders waiting (librdkafka's statistics, every 5 s).
+    wait_until(TIMEOUT, "partition 0's lag of ten", || async {
+        let state = stats.partitions();
+        state.iter().any(|p| p.partition == 0 && p.lag == Some(10))
+    })
+    .await;
+
+    let (status, body) = post(&api, "/v1/listeners/operators%2Fpaused/partitions/0/resume").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], true, "{body}");
+    assert!(!control.is_paused(0));
+    wait_until(
+        TIMEOUT,
+        "partition 0's ten orders after the resume",
+        || async { db.total_side_effects().await == 22 },
+    )
+    .await;
+    stop.send(()).expect("stop");
+    task.await.expect("join").expect("listener");
+    for i in 0..20 {
+        assert_eq!(db.side_effects(&format!("b-{i}")).await, 1, "b-{i}");
+    }
+    assert_eq!(db.event_count().await, 22);
+    db.cleanup().await;
+}
+
+/// POSTs to `router`; the status and the JSON body.
+async fn post(router: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::post(uri)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}

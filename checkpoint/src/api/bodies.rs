@@ -297,6 +297,112 @@ pub struct Check {
     pub error: Option<String>,
 }
 
+/// One listener in `/v1/listeners`: its settings, counters, partitions and recent throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerBody {
+    /// The listener's id.
+    pub listener_id: String,
+    /// Its settings, secrets masked (absent when the probe carries none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::listener::ListenerSettings>,
+    /// Whether it has joined its group.
+    pub joined: bool,
+    /// The last Kafka client error since it last joined, secrets masked.
+    pub kafka_error: Option<String>,
+    /// Its counters since it started.
+    pub counters: Counters,
+    /// Each assigned partition's state.
+    pub partitions: Vec<crate::listener::PartitionSnapshot>,
+    /// Messages settled, sampled every five seconds over the last ten minutes, oldest first.
+    pub throughput: Vec<crate::listener::ThroughputSample>,
+}
+
+/// A listener's counters (see [`StatsSnapshot`](crate::listener::StatsSnapshot)).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Counters {
+    /// Messages received from Kafka.
+    pub received: u64,
+    /// Events stored.
+    pub acknowledged: u64,
+    /// Messages the handler skipped.
+    pub skipped: u64,
+    /// Duplicates of stored events.
+    pub duplicates: u64,
+    /// Failure rows recorded.
+    pub failed: u64,
+    /// Failed attempts that were retried.
+    pub retries: u64,
+    /// Bytes received and not yet settled.
+    pub queued_bytes: usize,
+    /// Partitions assigned now.
+    pub assigned_partitions: usize,
+}
+
+impl From<&super::ListenerProbe> for ListenerBody {
+    fn from(probe: &super::ListenerProbe) -> Self {
+        let stats = probe.stats.snapshot();
+        Self {
+            listener_id: probe.listener_id.clone(),
+            settings: probe.settings.clone(),
+            joined: stats.joined,
+            kafka_error: probe.stats.last_client_error(),
+            counters: stats.into(),
+            partitions: probe.stats.partitions(),
+            throughput: probe.stats.throughput(),
+        }
+    }
+}
+
+impl From<crate::listener::StatsSnapshot> for Counters {
+    fn from(s: crate::listener::StatsSnapshot) -> Self {
+        Self {
+            received: s.received,
+            acknowledged: s.acknowledged,
+            skipped: s.skipped,
+            duplicates: s.duplicates,
+            failed: s.failed,
+            retries: s.retries,
+            queued_bytes: s.queued_bytes,
+            assigned_partitions: s.assigned_partitions,
+        }
+    }
+}
+
+/// The answer to a bulk retry or delete of the failures matching a filter.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct BulkOutcome {
+    /// Failures that matched the filters when the request came.
+    pub matched: i64,
+    /// Failures this request took on: at most its `limit`, newest first, as listed.
+    pub processed: usize,
+    /// Retries whose handler acknowledged (event stored, failure deleted).
+    pub acknowledged: usize,
+    /// Retries that ended without a new event: the handler skipped, or the event was already
+    /// stored (failure deleted either way).
+    pub settled_otherwise: usize,
+    /// Retries whose handler failed again (failure kept, one more attempt).
+    pub failed: usize,
+    /// Retries with no handler for the row's topic and group in this process (kept).
+    pub conflicts: usize,
+    /// Failures deleted.
+    pub deleted: usize,
+    /// Rows gone before their turn (settled or deleted by someone else meanwhile).
+    pub vanished: usize,
+}
+
+/// The answer to a pause or resume.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionControl {
+    /// The listener.
+    pub listener_id: String,
+    /// The partition.
+    pub partition: i32,
+    /// Paused by an operator now.
+    pub paused_by_operator: bool,
+    /// False when it already was in that state.
+    pub changed: bool,
+}
+
 /// One listener in `/health/ready`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerReadiness {

@@ -30,6 +30,15 @@ pub enum ApiError {
         /// Consumer group of the row.
         group_id: String,
     },
+    /// 409: the partition is not assigned to the listener in this process (pause and resume
+    /// act on this instance's assignment only).
+    #[error("partition {partition} is not assigned to listener `{listener_id}` in this process")]
+    NotAssigned {
+        /// The listener.
+        listener_id: String,
+        /// The partition.
+        partition: i32,
+    },
     /// 403: a browser sent a mutating request from another site (its `Origin` or
     /// `Sec-Fetch-Site`).
     #[error("cross-site request refused")]
@@ -61,7 +70,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NoHandler { .. } => StatusCode::CONFLICT,
+            Self::NoHandler { .. } | Self::NotAssigned { .. } => StatusCode::CONFLICT,
             Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

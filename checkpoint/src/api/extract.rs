@@ -26,6 +26,36 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// A listener id and a partition from the path (`/v1/listeners/{listener_id}/partitions/
+/// {partition}/…`); the id is percent-decoded (`group%2Ftopic`), the partition a non-negative
+/// 32-bit integer, else 400.
+#[derive(Debug, Clone)]
+pub(super) struct ListenerPartition {
+    pub(super) listener_id: String,
+    pub(super) partition: i32,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ListenerPartition {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((listener_id, raw)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("invalid path: {e}")))?;
+        match raw.parse::<i32>() {
+            Ok(partition) if partition >= 0 && raw.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(Self {
+                    listener_id,
+                    partition,
+                })
+            }
+            _ => Err(ApiError::BadRequest(
+                "invalid partition: must be a non-negative 32-bit integer".into(),
+            )),
+        }
+    }
+}
+
 /// `limit`, `offset` and the exact-match filters from the query string.
 #[derive(Debug)]
 pub(super) struct Listing(pub(super) ListQuery);

@@ -46,8 +46,9 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub use self::bodies::{
-    Acknowledged, Check, Count, ErrorBody, EventBody, FailureBody, FailureMetadataBody,
-    KeyEncoding, ListenerReadiness, Liveness, Payload, PayloadEncoding, Readiness,
+    Acknowledged, BulkOutcome, Check, Count, Counters, ErrorBody, EventBody, FailureBody,
+    FailureMetadataBody, KeyEncoding, ListenerBody, ListenerReadiness, Liveness, PartitionControl,
+    Payload, PayloadEncoding, Readiness,
 };
 pub use self::error::ApiError;
 pub use self::openapi::openapi_document;
@@ -150,13 +151,30 @@ pub struct ApiState {
     listeners: Arc<[ListenerProbe]>,
 }
 
-/// A running listener whose group membership `/health/ready` checks.
+/// A running listener as the API sees it: `/health/ready` checks its group membership,
+/// `/v1/listeners` shows it, and its partitions are paused and resumed through it.
 #[derive(Debug, Clone)]
 pub struct ListenerProbe {
     /// The listener's id.
     pub listener_id: String,
     /// Its live counters (see [`Listener::stats`](crate::listener::Listener::stats)).
     pub stats: Arc<crate::listener::ListenerStats>,
+    /// Its pause switches (see [`Listener::control`](crate::listener::Listener::control)).
+    pub control: Arc<crate::listener::ListenerControl>,
+    /// Its settings, secrets masked; `None` leaves them out of `/v1/listeners`.
+    pub settings: Option<crate::listener::ListenerSettings>,
+}
+
+impl ListenerProbe {
+    /// The probe of `listener`, taken before it runs.
+    pub fn of(listener: &crate::listener::Listener) -> Self {
+        Self {
+            listener_id: listener.listener_id().to_owned(),
+            stats: listener.stats(),
+            control: listener.control(),
+            settings: Some(listener.settings()),
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiState {
@@ -243,6 +261,17 @@ pub fn router(state: ApiState) -> Router {
             get(routes::get_failure).delete(routes::delete_failure),
         )
         .route("/v1/failures/{id}/retry", post(routes::retry_failure))
+        .route("/v1/failures/bulk/retry", post(routes::bulk_retry))
+        .route("/v1/failures/bulk/delete", post(routes::bulk_delete))
+        .route("/v1/listeners", get(routes::list_listeners))
+        .route(
+            "/v1/listeners/{listener_id}/partitions/{partition}/pause",
+            post(routes::pause_partition),
+        )
+        .route(
+            "/v1/listeners/{listener_id}/partitions/{partition}/resume",
+            post(routes::resume_partition),
+        )
         .route("/openapi.json", get(openapi::serve_document))
         .merge(console::routes())
         .fallback(routes::not_found)

@@ -96,6 +96,26 @@ pub fn openapi_document() -> Value {
         );
         p.insert("attempts".into(), json!({"type": "integer"}));
     }
+    let listener_partition = json!([
+        {"name": "listener_id", "in": "path", "required": true, "schema": {"type": "string"},
+         "description": "the listener's id, percent-encoded (`group%2Ftopic`)"},
+        {"name": "partition", "in": "path", "required": true,
+         "schema": {"type": "integer", "format": "int32", "minimum": 0, "maximum": i32::MAX}}
+    ]);
+    let control = |summary: &str, conflict: Option<&str>| {
+        let mut responses = json!({
+            "200": ok("the partition's state", schema_ref("PartitionControl")),
+            "400": error("invalid partition"),
+            "401": error("missing or invalid bearer token"),
+            "404": error("listener not found")
+        });
+        if let (Some(text), Value::Object(map)) = (conflict, &mut responses) {
+            map.insert("409".into(), error(text));
+        }
+        json!({"post": {"summary": summary, "parameters": listener_partition.clone(),
+                        "security": auth.clone(), "responses": responses}})
+    };
+    let nullable_int = json!({"type": "integer", "format": "int64", "nullable": true});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -211,6 +231,41 @@ pub fn openapi_document() -> Value {
                     }
                 }
             },
+            "/v1/failures/bulk/retry": {"post": {
+                "summary": "retry the failures matching the filters, at most `limit` of them \
+                            (newest first), one after another; the answer tallies the outcomes",
+                "parameters": list_params.clone(),
+                "security": auth.clone(),
+                "responses": {
+                    "200": ok("what the retries did", schema_ref("BulkOutcome")),
+                    "400": error("invalid parameter"),
+                    "401": error("missing or invalid bearer token"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/failures/bulk/delete": {"post": {
+                "summary": "delete the failures matching the filters, at most `limit` of them \
+                            (newest first)",
+                "parameters": list_params.clone(),
+                "security": auth.clone(),
+                "responses": {
+                    "200": ok("what was deleted", schema_ref("BulkOutcome")),
+                    "400": error("invalid parameter"),
+                    "401": error("missing or invalid bearer token"),
+                    "503": error("database unavailable")
+                }
+            }},
+            "/v1/listeners": {"get": {
+                "summary": "the listeners running in this process (none in standalone \
+                            `checkpoint api`): settings, counters, partitions, throughput",
+                "responses": {"200": ok("listeners", array_of("Listener"))}
+            }},
+            "/v1/listeners/{listener_id}/partitions/{partition}/pause": control(
+                "pause an assigned partition of this instance: nothing more is fetched; what \
+                 was received is still handled; it stays paused until resumed",
+                Some("the partition is not assigned to this listener in this process")),
+            "/v1/listeners/{listener_id}/partitions/{partition}/resume": control(
+                "resume a partition paused by an operator", None),
             "/v1/failures/{id}/retry": {"post": {
                 "summary": "re-run a failure through its registered handler: ack stores the \
                             event and deletes the failure; skip deletes it; an error keeps it \
@@ -251,6 +306,53 @@ pub fn openapi_document() -> Value {
                     "acknowledged": {"type": "boolean"}
                 }},
                 "Event": {"type": "object", "properties": event_properties},
+                "Listener": {"type": "object", "properties": {
+                    "listener_id": {"type": "string"},
+                    "settings": {"type": "object", "description": "handler, topic, group_id, \
+                        max_concurrency, batch_size, start_from_beginning, default_max_retries, \
+                        handler_timeout_ms, max_queued_bytes, shutdown_timeout_ms, \
+                        revoke_timeout_ms, kafka (librdkafka properties, secrets masked)"},
+                    "joined": {"type": "boolean"},
+                    "kafka_error": {"type": "string", "nullable": true},
+                    "counters": {"type": "object", "properties": {
+                        "received": {"type": "integer"}, "acknowledged": {"type": "integer"},
+                        "skipped": {"type": "integer"}, "duplicates": {"type": "integer"},
+                        "failed": {"type": "integer"}, "retries": {"type": "integer"},
+                        "queued_bytes": {"type": "integer"},
+                        "assigned_partitions": {"type": "integer"}}},
+                    "partitions": {"type": "array", "items": {"type": "object", "properties": {
+                        "partition": {"type": "integer", "format": "int32"},
+                        "queued_messages": {"type": "integer"},
+                        "paused": {"type": "boolean"},
+                        "paused_by_operator": {"type": "boolean"},
+                        "backing_off": {"type": "boolean"},
+                        "last_settled": timestamp,
+                        "lag": nullable_int}}},
+                    "throughput": {"type": "array", "description": "messages settled, every \
+                        5 s over the last 10 min, oldest first", "items": {"type": "object",
+                        "properties": {"at": {"type": "string", "format": "date-time"},
+                                       "settled": {"type": "integer"}}}}
+                }},
+                "BulkOutcome": {"type": "object", "properties": {
+                    "matched": {"type": "integer", "format": "int64",
+                                "description": "failures matching the filters"},
+                    "processed": {"type": "integer", "description": "failures taken on"},
+                    "acknowledged": {"type": "integer"},
+                    "settled_otherwise": {"type": "integer",
+                                          "description": "skipped, or the event was already stored"},
+                    "failed": {"type": "integer"},
+                    "conflicts": {"type": "integer",
+                                  "description": "no handler for the row's topic and group"},
+                    "deleted": {"type": "integer"},
+                    "vanished": {"type": "integer",
+                                 "description": "gone before their turn"}
+                }},
+                "PartitionControl": {"type": "object", "properties": {
+                    "listener_id": {"type": "string"},
+                    "partition": {"type": "integer", "format": "int32"},
+                    "paused_by_operator": {"type": "boolean"},
+                    "changed": {"type": "boolean"}
+                }},
                 "Failure": {"type": "object", "properties": failure_properties}
             }
         }
@@ -324,5 +426,60 @@ mod tests {
         let failure = serde_json::to_value(FailureBody::from(&failure)).expect("failure");
         assert_eq!(served(event), documented("Event"));
         assert_eq!(served(failure), documented("Failure"));
+    }
+
+    /// The listener bodies too, down to a partition's and a sample's fields.
+    #[test]
+    fn listener_schemas_match_their_bodies() {
+        use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
+        use crate::listener::{Listener, ListenerSpec};
+        use crate::message::Message;
+        struct Nothing;
+        impl Handler for Nothing {
+            fn name(&self) -> &str {
+                "nothing"
+            }
+            fn consume<'a>(
+                &'a self,
+                _: &'a Message,
+                _: &'a mut Context<'_>,
+            ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+                Box::pin(async { Ok(Outcome::skip()) })
+            }
+        }
+        let store = crate::store::Store::connect("sqlite::memory:").expect("store");
+        let listener = Listener::new(
+            ListenerSpec::new(std::sync::Arc::new(Nothing), "t", "g"),
+            crate::engine::Engine::new(store),
+        );
+        let stats = listener.stats();
+        stats.assigned_for_tests(&[0]);
+        let probe = crate::api::ListenerProbe::of(&listener);
+        let body = serde_json::to_value(crate::api::ListenerBody::from(&probe)).expect("body");
+        let schema = &openapi_document()["components"]["schemas"]["Listener"]["properties"];
+        assert_eq!(served(body.clone()), documented("Listener"));
+        let keys = |value: &Value| served(value.clone());
+        assert_eq!(
+            keys(&body["counters"]),
+            keys(&schema["counters"]["properties"])
+        );
+        assert_eq!(
+            keys(&body["partitions"][0]),
+            keys(&schema["partitions"]["items"]["properties"])
+        );
+        assert_eq!(
+            keys(&body["throughput"][0]),
+            keys(&schema["throughput"]["items"]["properties"])
+        );
+        let control = crate::api::PartitionControl {
+            listener_id: "g/t".into(),
+            partition: 0,
+            paused_by_operator: true,
+            changed: true,
+        };
+        let control = serde_json::to_value(control).expect("control");
+        assert_eq!(served(control), documented("PartitionControl"));
+        let bulk = serde_json::to_value(crate::api::BulkOutcome::default()).expect("bulk");
+        assert_eq!(served(bulk), documented("BulkOutcome"));
     }
 }

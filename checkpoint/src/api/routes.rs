@@ -9,10 +9,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
 use super::bodies::{
-    Acknowledged, Check, Count, EventBody, FailureBody, ListenerReadiness, Liveness, Readiness,
+    Acknowledged, BulkOutcome, Check, Count, EventBody, FailureBody, ListenerBody,
+    ListenerReadiness, Liveness, PartitionControl, Readiness,
 };
 use super::error::{ApiError, ApiResult};
-use super::extract::{Id, Listing};
+use super::extract::{Id, ListenerPartition, Listing};
 use crate::engine::RetryOutcome;
 use crate::handler::Handler;
 
@@ -189,6 +190,122 @@ pub(super) async fn retry_failure(
     // In a task of its own: a client that hangs up does not cancel `consume` mid-call.
     let retry = tokio::spawn(async move { engine.retry_failure_row(handler.as_ref(), row).await });
     retried(joined(retry.await)?)
+}
+
+/// Retries the failures matching the filters, at most `limit` of them (newest first), one
+/// after another, in a task of its own that runs to its end even when the client hangs up.
+pub(super) async fn bulk_retry(
+    State(state): State<ApiState>,
+    Listing(query): Listing,
+) -> ApiResult<Json<BulkOutcome>> {
+    let matched = state.store.count_failures(&query).await?;
+    let rows = state.store.list_failures(&query).await?;
+    let bulk = tokio::spawn(async move {
+        let mut outcome = BulkOutcome {
+            matched,
+            processed: rows.len(),
+            ..BulkOutcome::default()
+        };
+        for row in rows {
+            let Some(handler) = state.handlers.handler_for(&row.topic, &row.group_id) else {
+                outcome.conflicts += 1;
+                continue;
+            };
+            match state.engine.retry_failure_row(handler.as_ref(), row).await {
+                Ok(RetryOutcome::Acknowledged) => outcome.acknowledged += 1,
+                Ok(RetryOutcome::Failed(_)) => outcome.failed += 1,
+                Ok(_) => outcome.settled_otherwise += 1,
+                Err(crate::engine::EngineError::FailureNotFound(_)) => outcome.vanished += 1,
+                Err(error) => return Err(ApiError::from(error)),
+            }
+        }
+        Ok(outcome)
+    });
+    match bulk.await {
+        Ok(result) => Ok(Json(result?)),
+        Err(join) => Err(ApiError::Internal(format!(
+            "the bulk retry ended abnormally: {join}"
+        ))),
+    }
+}
+
+/// Deletes the failures matching the filters, at most `limit` of them (newest first).
+pub(super) async fn bulk_delete(
+    State(state): State<ApiState>,
+    Listing(query): Listing,
+) -> ApiResult<Json<BulkOutcome>> {
+    let matched = state.store.count_failures(&query).await?;
+    let rows = state.store.list_failures(&query).await?;
+    let mut outcome = BulkOutcome {
+        matched,
+        processed: rows.len(),
+        ..BulkOutcome::default()
+    };
+    for row in rows {
+        if state.store.delete_failure(row.id).await? {
+            outcome.deleted += 1;
+        } else {
+            outcome.vanished += 1;
+        }
+    }
+    Ok(Json(outcome))
+}
+
+pub(super) async fn list_listeners(State(state): State<ApiState>) -> Json<Vec<ListenerBody>> {
+    Json(state.listeners.iter().map(ListenerBody::from).collect())
+}
+
+pub(super) async fn pause_partition(
+    State(state): State<ApiState>,
+    ListenerPartition {
+        listener_id,
+        partition,
+    }: ListenerPartition,
+) -> ApiResult<Json<PartitionControl>> {
+    let probe = probe(&state, &listener_id)?;
+    let assigned = probe
+        .stats
+        .partitions()
+        .iter()
+        .any(|p| p.partition == partition);
+    if !assigned {
+        return Err(ApiError::NotAssigned {
+            listener_id,
+            partition,
+        });
+    }
+    let changed = probe.control.pause(partition);
+    Ok(Json(PartitionControl {
+        listener_id,
+        partition,
+        paused_by_operator: true,
+        changed,
+    }))
+}
+
+/// Resumes a paused partition, assigned or not (a pause outlives a rebalance).
+pub(super) async fn resume_partition(
+    State(state): State<ApiState>,
+    ListenerPartition {
+        listener_id,
+        partition,
+    }: ListenerPartition,
+) -> ApiResult<Json<PartitionControl>> {
+    let changed = probe(&state, &listener_id)?.control.resume(partition);
+    Ok(Json(PartitionControl {
+        listener_id,
+        partition,
+        paused_by_operator: false,
+        changed,
+    }))
+}
+
+fn probe<'s>(state: &'s ApiState, listener_id: &str) -> ApiResult<&'s super::ListenerProbe> {
+    state
+        .listeners
+        .iter()
+        .find(|p| p.listener_id == listener_id)
+        .ok_or(ApiError::NotFound("listener not found"))
 }
 
 fn handler_for(state: &ApiState, topic: &str, group_id: &str) -> ApiResult<Arc<dyn Handler>> {

@@ -99,6 +99,9 @@ pub(super) struct Flow {
     /// The partition is paused in librdkafka; held while pausing or resuming, so a pause and
     /// a resume cannot cross and leave librdkafka and this flag disagreeing.
     pub(super) paused: Mutex<bool>,
+    /// An operator paused the partition (see `ListenerControl`): nothing resumes it until
+    /// they resume it.
+    pub(super) held: AtomicBool,
     /// The worker is waiting out a backoff (a failing message or a database outage).
     pub(super) backing_off: AtomicBool,
     /// Signalled when `depth` drops or `backing_off` is set.
@@ -114,7 +117,8 @@ impl Flow {
         *self.paused.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pauses or resumes the partition in librdkafka, unless it already is.
+    /// Pauses or resumes the partition in librdkafka, unless it already is; a partition an
+    /// operator holds is not resumed.
     pub(super) fn set_paused(
         &self,
         consumer: &Consumer_,
@@ -123,6 +127,9 @@ impl Flow {
         paused: bool,
     ) {
         let mut state = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if !paused && self.held.load(Ordering::SeqCst) {
+            return;
+        }
         if *state != paused {
             set_paused(consumer, topic, partition, paused);
             *state = paused;

@@ -22,6 +22,7 @@
 //! - Shutdown: stop fetching, let every worker finish the message in hand (at most
 //!   `shutdown_timeout`), commit what is settled, leave the group.
 
+mod control;
 mod flow;
 mod headers;
 mod rebalance;
@@ -45,10 +46,11 @@ use tokio::sync::{Notify, Semaphore, watch};
 use crate::engine::{Backoff, Engine, EngineError};
 use crate::message::{Message, Origin};
 
+pub use self::control::ListenerControl;
 use self::flow::*;
 use self::rebalance::*;
-pub use self::spec::ListenerSpec;
-pub use self::stats::{ListenerStats, StatsSnapshot};
+pub use self::spec::{ListenerSettings, ListenerSpec};
+pub use self::stats::{ListenerStats, PartitionSnapshot, StatsSnapshot, ThroughputSample};
 use self::worker::*;
 
 /// Queued messages of one partition above which the partition is paused.
@@ -136,6 +138,7 @@ struct Shared {
     consumer: std::sync::Weak<Consumer_>,
     origin: Origin,
     stats: Arc<ListenerStats>,
+    control: Arc<ListenerControl>,
     budget: Arc<Budget>,
     permits: Semaphore,
     stopping: watch::Receiver<bool>,
@@ -157,6 +160,7 @@ pub struct Listener {
     spec: ListenerSpec,
     engine: Engine,
     stats: Arc<ListenerStats>,
+    control: Arc<ListenerControl>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -174,6 +178,7 @@ impl Listener {
             spec,
             engine,
             stats: Arc::default(),
+            control: Arc::default(),
         }
     }
 
@@ -185,6 +190,16 @@ impl Listener {
     /// Its counters, shared: read them while it runs.
     pub fn stats(&self) -> Arc<ListenerStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Its pause and resume switches, shared: use them while it runs.
+    pub fn control(&self) -> Arc<ListenerControl> {
+        Arc::clone(&self.control)
+    }
+
+    /// Its settings as an operator may see them (secrets masked).
+    pub fn settings(&self) -> ListenerSettings {
+        self.spec.settings()
     }
 
     /// Consumes until `shutdown` completes, then finishes in-flight messages (for at most
@@ -216,6 +231,7 @@ impl Listener {
                 .is_some_and(|s| s.contains("cooperative")),
             assignment: Arc::clone(&assignment),
             stats: Arc::clone(&self.stats),
+            control: Arc::clone(&self.control),
             labels: telemetry::Labels::new(
                 &self.spec.topic,
                 &self.spec.group_id,
@@ -252,6 +268,7 @@ impl Listener {
             engine: self.engine,
             consumer: Arc::downgrade(&consumer),
             stats: self.stats,
+            control: self.control,
             stopping: stop_rx,
         });
         tracing::info!(target: "checkpoint", %listener_id, topic = %shared.spec.topic, group_id = %shared.spec.group_id, "listener started");
@@ -263,6 +280,7 @@ impl Listener {
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut published = tokio::time::Instant::now();
+        let mut asked = tokio::time::Instant::now();
         let mut outage = 0;
         let mut failure = None;
         loop {
@@ -271,11 +289,21 @@ impl Listener {
             _ = sweep.tick() => {
                 if published.elapsed() >= telemetry::REFRESH_EVERY {
                     published = tokio::time::Instant::now();
-                    publish(&shared, &workers);
+                    let paused = publish(&shared, &consumer, &workers);
+                    if asked.elapsed() >= telemetry::PAUSED_WATERMARKS_EVERY {
+                        asked = tokio::time::Instant::now();
+                        ask_paused_watermarks(&shared, paused);
+                    }
                 }
                 None
             }
             () = shared.budget.drained.notified() => None,
+            // An operator paused or resumed a partition: applied to the partitions with a
+            // worker by `check_workers` now, to the others here.
+            () = shared.control.changed.notified() => {
+                control_idle(&shared, &consumer, &workers);
+                None
+            }
             received = consumer.recv() => Some(received)};
             let Some(received) = received else {
                 if let Err(error) = check_workers(&shared, &workers) {
@@ -306,7 +334,9 @@ impl Listener {
                         // Assigned (again): a fresh worker, in order from here, after the
                         // previous one has finished what it held.
                         let previous = workers.remove(&partition);
-                        workers.insert(partition, spawn_worker(&shared, partition, previous));
+                        let worker = spawn_worker(&shared, partition, previous);
+                        hold_if_paused(&shared, &consumer, partition, &worker.flow);
+                        workers.insert(partition, worker);
                         shared
                             .budget
                             .partitions
@@ -394,8 +424,51 @@ impl Listener {
     }
 }
 
-/// Refreshes the listener's gauges.
-fn publish(shared: &Shared, workers: &HashMap<i32, PartitionWorker>) {
+/// librdkafka learns a partition's high watermark by fetching it, so its lag stops moving
+/// while the partition is paused. The broker is asked for the paused partitions' high
+/// watermarks instead, on a blocking thread, off the receive loop; the consumer is held only
+/// for the duration of each question.
+fn ask_paused_watermarks(shared: &Arc<Shared>, paused: Vec<i32>) {
+    if paused.is_empty() {
+        shared.stats.paused_highs(std::collections::BTreeMap::new());
+        return;
+    }
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let mut highs = std::collections::BTreeMap::new();
+        for partition in paused {
+            let Some(consumer) = shared.consumer.upgrade() else {
+                return;
+            };
+            match consumer.fetch_watermarks(&shared.spec.topic, partition, PAUSED_WATERMARK_TIMEOUT)
+            {
+                Ok((_, high)) => {
+                    highs.insert(partition, high);
+                }
+                Err(error) => {
+                    tracing::debug!(target: "checkpoint", partition, %error, "asking a paused partition's high watermark failed");
+                }
+            }
+        }
+        let asked: Vec<i32> = highs.keys().copied().collect();
+        shared.stats.paused_highs(highs);
+        for partition in asked {
+            if let Some(lag) = shared.stats.paused_lag(partition) {
+                shared.labels.paused_lag(partition, lag);
+            }
+        }
+    });
+}
+
+/// How long the broker may take to tell a paused partition's high watermark.
+const PAUSED_WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refreshes the listener's gauges and partition states; returns the paused partitions.
+fn publish(
+    shared: &Shared,
+    consumer: &Consumer_,
+    workers: &HashMap<i32, PartitionWorker>,
+) -> Vec<i32> {
     let stats = shared.stats.snapshot();
     let mut gauges = telemetry::Gauges {
         assigned: stats.assigned_partitions,
@@ -407,20 +480,81 @@ fn publish(shared: &Shared, workers: &HashMap<i32, PartitionWorker>) {
             .saturating_sub(shared.permits.available_permits()),
         ..telemetry::Gauges::default()
     };
-    for (&partition, worker) in workers {
-        if worker.revoked.load(Ordering::SeqCst) {
+    let mut partitions = Vec::new();
+    // The consumer's own context follows its assignment.
+    for partition in consumer.context().labels.owned() {
+        let Some(worker) = workers
+            .get(&partition)
+            .filter(|w| !w.revoked.load(Ordering::SeqCst))
+        else {
+            // Assigned, nothing received yet.
+            partitions.push(PartitionSnapshot {
+                partition,
+                queued_messages: 0,
+                paused: shared.control.is_paused(partition),
+                paused_by_operator: shared.control.is_paused(partition),
+                backing_off: false,
+                last_settled: None,
+                lag: None,
+            });
             continue;
-        }
+        };
         let flow = &worker.flow;
-        gauges.paused += usize::from(flow.is_paused());
-        gauges.backing_off += usize::from(flow.backing_off.load(Ordering::SeqCst));
-        gauges.queued_messages += flow.depth.load(Ordering::SeqCst);
+        let paused = flow.is_paused();
+        let backing_off = flow.backing_off.load(Ordering::SeqCst);
+        let queued_messages = flow.depth.load(Ordering::SeqCst);
+        gauges.paused += usize::from(paused);
+        gauges.backing_off += usize::from(backing_off);
+        gauges.queued_messages += queued_messages;
         let settled = flow.last_settled_ms.load(Ordering::Relaxed);
         if settled > 0 {
             gauges.last_settled.push((partition, settled));
         }
+        partitions.push(PartitionSnapshot {
+            partition,
+            queued_messages,
+            paused,
+            paused_by_operator: flow.held.load(Ordering::SeqCst),
+            backing_off,
+            last_settled: (settled > 0)
+                .then(|| Utc.timestamp_millis_opt(settled).single())
+                .flatten(),
+            lag: None,
+        });
     }
     shared.labels.publish(&gauges);
+    let paused = partitions
+        .iter()
+        .filter(|p| p.paused)
+        .map(|p| p.partition)
+        .collect();
+    shared.stats.published(partitions, Utc::now());
+    paused
+}
+
+/// Applies the operator's pauses to assigned partitions that have no worker yet (nothing
+/// received since they were assigned).
+fn control_idle(shared: &Shared, consumer: &Consumer_, workers: &HashMap<i32, PartitionWorker>) {
+    // The consumer's own context follows its assignment.
+    for partition in consumer.context().labels.owned() {
+        let idle = workers
+            .get(&partition)
+            .is_none_or(|w| w.revoked.load(Ordering::SeqCst));
+        if idle {
+            let paused = shared.control.is_paused(partition);
+            set_paused(consumer, &shared.spec.topic, partition, paused);
+        }
+    }
+}
+
+/// Applies an operator's pause of `partition` to its flow: held and paused in librdkafka, or
+/// released (resumed by `check_workers` once backpressure and backoff allow).
+fn hold_if_paused(shared: &Shared, consumer: &Consumer_, partition: i32, flow: &Flow) {
+    let held = shared.control.is_paused(partition);
+    flow.held.store(held, Ordering::SeqCst);
+    if held {
+        flow.set_paused(consumer, &shared.spec.topic, partition, true);
+    }
 }
 
 /// Looks at every worker: one that ended while its partition was still ours (not revoked, no
@@ -449,11 +583,17 @@ fn check_workers(
                 },
             });
         }
+        if worker.revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        let Some(consumer) = shared.consumer.upgrade() else {
+            continue;
+        };
+        hold_if_paused(shared, &consumer, partition, flow);
         if flow.is_paused()
             && !flow.backing_off.load(Ordering::SeqCst)
             && flow.depth.load(Ordering::SeqCst) <= RESUME_AT
             && shared.budget.low(flow)
-            && let Some(consumer) = shared.consumer.upgrade()
         {
             flow.set_paused(&consumer, &shared.spec.topic, partition, false);
         }
@@ -553,6 +693,7 @@ mod tests {
             cooperative: false,
             assignment: Arc::default(),
             stats: Arc::clone(&stats),
+            control: Arc::default(),
             labels: telemetry::Labels::new("t", "g", true),
             secrets: crate::secret::Secrets::of(&properties),
         };

@@ -175,6 +175,8 @@ pub(super) struct ListenerContext {
     pub(super) cooperative: bool,
     pub(super) assignment: Arc<Assignment>,
     pub(super) stats: Arc<ListenerStats>,
+    /// Partitions an operator paused stay paused when assigned again.
+    pub(super) control: Arc<super::ListenerControl>,
     pub(super) labels: telemetry::Labels,
     /// Secret property values, masked in what librdkafka reports.
     pub(super) secrets: crate::secret::Secrets,
@@ -183,7 +185,7 @@ pub(super) struct ListenerContext {
 impl ClientContext for ListenerContext {
     /// librdkafka's statistics, every `statistics.interval.ms`: consumer lag per partition.
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        self.labels.statistics(&statistics);
+        self.stats.lagged(self.labels.statistics(&statistics));
     }
 
     /// A client-level error (librdkafka keeps reconnecting by itself): logged, and kept for
@@ -251,6 +253,17 @@ impl ConsumerContext for ListenerContext {
                 // paused (backing off) when it was revoked would never fetch again.
                 if let Err(error) = consumer.resume(partitions) {
                     tracing::debug!(target: "checkpoint", listener_id = %self.listener_id, %error, "resuming assigned partitions failed");
+                }
+                let mut held = TopicPartitionList::new();
+                for element in partitions.elements() {
+                    if self.control.is_paused(element.partition()) {
+                        held.add_partition(element.topic(), element.partition());
+                    }
+                }
+                if held.count() > 0
+                    && let Err(error) = consumer.pause(&held)
+                {
+                    tracing::warn!(target: "checkpoint", listener_id = %self.listener_id, %error, "pausing operator-paused partitions failed");
                 }
                 tracing::info!(
                     target: "checkpoint", listener_id = %self.listener_id,

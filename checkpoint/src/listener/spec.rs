@@ -49,6 +49,37 @@ pub struct ListenerSpec {
     pub kafka: BTreeMap<String, String>,
 }
 
+/// A listener's settings as an operator may see them: what [`ListenerSpec`] holds, with secret
+/// librdkafka values masked (see [`is_secret_property`](crate::secret::is_secret_property)).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ListenerSettings {
+    /// The handler's name.
+    pub handler: String,
+    /// Topic subscribed to.
+    pub topic: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Partitions handled at the same time.
+    pub max_concurrency: usize,
+    /// Messages taken through the engine together.
+    pub batch_size: usize,
+    /// Starts from the earliest offset when the group has none committed.
+    pub start_from_beginning: bool,
+    /// Retries of a handler that declares no `max_retries`; `None`: forever.
+    pub default_max_retries: Option<u32>,
+    /// Longest time one `consume` call may take, in milliseconds.
+    pub handler_timeout_ms: Option<u128>,
+    /// Bytes of received, unsettled messages held before partitions are paused.
+    pub max_queued_bytes: usize,
+    /// How long shutdown waits for in-flight work, in milliseconds.
+    pub shutdown_timeout_ms: u128,
+    /// How long a revocation waits for in-flight work, in milliseconds.
+    pub revoke_timeout_ms: u128,
+    /// librdkafka properties as configured, secrets masked.
+    pub kafka: BTreeMap<String, String>,
+}
+
 impl std::fmt::Debug for ListenerSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerSpec")
@@ -152,6 +183,24 @@ impl ListenerSpec {
     pub fn revoke_timeout(mut self, limit: Duration) -> Self {
         self.revoke_timeout = limit;
         self
+    }
+
+    /// Its settings with secrets masked, for display.
+    pub fn settings(&self) -> ListenerSettings {
+        ListenerSettings {
+            handler: self.handler.name().to_owned(),
+            topic: self.topic.clone(),
+            group_id: self.group_id.clone(),
+            max_concurrency: self.max_concurrency,
+            batch_size: self.batch_size,
+            start_from_beginning: self.start_from_beginning,
+            default_max_retries: self.default_max_retries,
+            handler_timeout_ms: self.handler_timeout.map(|t| t.as_millis()),
+            max_queued_bytes: self.max_queued_bytes,
+            shutdown_timeout_ms: self.shutdown_timeout.as_millis(),
+            revoke_timeout_ms: self.revoke_timeout.as_millis(),
+            kafka: crate::secret::masked(&self.kafka),
+        }
     }
 
     /// The engine policy of this listener's messages.

@@ -52,9 +52,20 @@ pub const ALL: [&str; 11] = [
 /// How often the receive loop refreshes the gauges.
 pub(super) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the broker is asked for the high watermarks of paused partitions.
+pub(super) const PAUSED_WATERMARKS_EVERY: Duration = Duration::from_secs(5);
+
 /// The `statistics.interval.ms` a listener sets when the configuration sets none, so lag is
 /// reported out of the box.
 pub(super) const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Per partition, from one statistics report: the consumer lag and the group's committed
+/// offset.
+#[derive(Debug, Default)]
+pub(super) struct PartitionOffsets {
+    pub(super) lag: std::collections::BTreeMap<i32, i64>,
+    pub(super) committed: std::collections::BTreeMap<i32, i64>,
+}
 
 /// One listener's labels, and the partitions it owns (statistics about others are stale).
 #[derive(Debug)]
@@ -148,15 +159,28 @@ impl Labels {
         }
     }
 
-    /// librdkafka's statistics: the lag of each partition assigned to this consumer.
-    pub(super) fn statistics(&self, statistics: &Statistics) {
+    /// The partitions this listener owns now.
+    pub(super) fn owned(&self) -> Vec<i32> {
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.iter().copied().collect()
+    }
+
+    /// librdkafka's statistics: the lag of each partition assigned to this consumer, published
+    /// as a gauge and returned, with the group's committed offset of each.
+    pub(super) fn statistics(&self, statistics: &Statistics) -> PartitionOffsets {
+        let mut offsets = PartitionOffsets::default();
         let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
+            return offsets;
         };
         let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
         for partition in topic.partitions.values() {
             if !owned.contains(&partition.partition) {
                 continue;
+            }
+            if partition.committed_offset >= 0 {
+                offsets
+                    .committed
+                    .insert(partition.partition, partition.committed_offset);
             }
             let lag = if partition.consumer_lag >= 0 {
                 partition.consumer_lag
@@ -169,9 +193,19 @@ impl Labels {
             } else {
                 continue;
             };
+            offsets.lag.insert(partition.partition, lag);
             #[allow(clippy::cast_precision_loss)] // a lag beyond 2^52 messages is not a thing
             let lag = lag as f64;
             metrics::gauge!(CONSUMER_LAG, &self.with_partition(partition.partition)).set(lag);
         }
+        offsets
+    }
+
+    /// Publishes the lag of a paused partition, which librdkafka's statistics no longer
+    /// follow (see `ListenerStats::paused_highs`).
+    pub(super) fn paused_lag(&self, partition: i32, lag: i64) {
+        #[allow(clippy::cast_precision_loss)] // a lag beyond 2^52 messages is not a thing
+        let lag = lag as f64;
+        metrics::gauge!(CONSUMER_LAG, &self.with_partition(partition)).set(lag);
     }
 }

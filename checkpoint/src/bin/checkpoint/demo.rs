@@ -187,10 +187,7 @@ pub(crate) async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError>
     let engine = Engine::new(store.clone());
     let listener = Listener::new(spec, engine.clone());
     let stats = listener.stats();
-    let probe = checkpoint::api::ListenerProbe {
-        listener_id: listener.listener_id().to_owned(),
-        stats: Arc::clone(&stats),
-    };
+    let probe = checkpoint::api::ListenerProbe::of(&listener);
     let api = match options.bind {
         Some(addr) => Some(start_api(addr, &engine, &handler, probe).await?),
         None => None,
