@@ -302,11 +302,11 @@ async fn the_console_in_a_browser() {
     });
     let mut spec = ListenerSpec::new(Arc::clone(&handler), TOPIC, GROUP);
     spec.kafka = cluster.kafka();
+    // A secret the consumers page must mask (librdkafka uses it only with TLS client keys).
+    spec.kafka
+        .insert("ssl.key.password".to_owned(), "hunter22".to_owned());
     let listener = Listener::new(spec, Engine::new(db.store.clone()));
-    let probe = ListenerProbe {
-        listener_id: listener.listener_id().to_owned(),
-        stats: listener.stats(),
-    };
+    let probe = ListenerProbe::of(&listener);
     let listener_id = probe.listener_id.clone();
     let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(listener.run(async {
@@ -343,6 +343,16 @@ async fn the_console_in_a_browser() {
     })
     .await;
     assert!(card.contains(&listener_id), "{card}");
+    // Its partitions with their state, and a throughput chart once two samples exist.
+    let partitions = wait_for_text(&client, "article.card table.partitions", |t| {
+        t.matches("flowing").count() == 2
+    })
+    .await;
+    assert!(partitions.contains("lag"), "{partitions}");
+    wait_for_text(&client, "article.card figure.chart figcaption", |t| {
+        t.contains("msg/s")
+    })
+    .await;
     let failures = text(&client, "#failures").await;
     assert!(failures.contains("poison order refused"), "{failures}");
     assert!(fits_the_width(&client).await);
@@ -489,6 +499,103 @@ async fn the_console_in_a_browser() {
     let list = wait_for_text(&client, "main", |t| t.contains("failure(s) match")).await;
     assert!(!list.contains("doomed-1"), "{list}");
     screenshot(&client, "failures").await;
+
+    // Bulk: retry every failure the filters match, then delete them all, each confirmed.
+    client
+        .goto(&format!("{base}/ui/failures"))
+        .await
+        .expect("failures");
+    click(&client, "#bulk-retry").await;
+    client.accept_alert().await.expect("confirm");
+    assert_eq!(answer(&client).await, "200: 1 of 1 taken: 1 failed again");
+    click(&client, "#bulk-delete").await;
+    client.accept_alert().await.expect("confirm");
+    wait_for_text(&client, "main", |t| t.contains("0 failure(s) match")).await;
+    let left = db.store.count_failures(&ListQuery::default()).await;
+    assert_eq!(left.expect("count"), 0);
+
+    // Consumers: the settings with secrets masked, and each partition's state.
+    client
+        .goto(&format!("{base}/ui/consumers"))
+        .await
+        .expect("consumers");
+    let partitions = wait_for_text(&client, "table.partitions", |t| {
+        t.matches("flowing").count() == 2
+    })
+    .await;
+    assert!(partitions.contains("ago"), "{partitions}");
+    click(&client, "section.consumer details summary").await;
+    let settings = text(&client, "section.consumer dl.fields").await;
+    assert!(settings.contains("bootstrap.servers"), "{settings}");
+    assert!(settings.contains("***"), "{settings}");
+    assert!(!settings.contains("hunter22"), "{settings}");
+
+    // Pause partition 0: it applies nothing more while partition 1 flows on.
+    click(&client, "tr[data-partition='0'] button.action").await;
+    client.accept_alert().await.expect("confirm");
+    assert_eq!(answer(&client).await, "200: partition 0 paused");
+    wait_for_text(&client, "tr[data-partition='0'] td.state", |t| {
+        t == "paused by operator"
+    })
+    .await;
+    let before = db.event_count().await;
+    let late: Vec<(i32, String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let id = format!("late-{}-{i}", i % 2);
+            let payload = format!(r#"{{"id":"{id}","kind":"ok"}}"#).into_bytes();
+            (i % 2, id, payload)
+        })
+        .collect();
+    cluster.produce(TOPIC, &late).await;
+    let started = Instant::now();
+    while db.event_count().await < before + 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "partition 1 went on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        db.event_count().await,
+        before + 4,
+        "the paused partition moved"
+    );
+    screenshot(&client, "consumers").await;
+
+    // Resume it from the keyboard: Tab to its button, Enter.
+    let key = format!("{listener_id}#0");
+    let mut presses = 0;
+    loop {
+        let focused = client
+            .execute("return document.activeElement.dataset.key || '';", vec![])
+            .await
+            .expect("script");
+        if focused == serde_json::json!(key) {
+            break;
+        }
+        presses += 1;
+        assert!(presses < 60, "Tab never reached the Resume button");
+        client
+            .active_element()
+            .await
+            .expect("focus")
+            .send_keys("\u{e004}")
+            .await
+            .expect("Tab");
+    }
+    let focused = client.active_element().await.expect("focus");
+    assert_eq!(focused.text().await.expect("label"), "Resume");
+    focused.send_keys("\u{e007}").await.expect("Enter");
+    assert_eq!(answer(&client).await, "200: partition 0 resumed");
+    let started = Instant::now();
+    while db.event_count().await < before + 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "partition 0 went on after the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Readable at phone width.
     client.set_window_size(390, 844).await.expect("resize");

@@ -6,8 +6,9 @@
 //! - No inline script or style: the one script and the one stylesheet are embedded in the
 //!   binary and served from `/ui/assets/`, so the page works offline and the
 //!   Content-Security-Policy forbids everything else.
-//! - The pages only read. Retry and delete go through the JSON routes (`POST
-//!   /v1/failures/{id}/retry`, `DELETE /v1/failures/{id}`) from the script, with the bearer
+//! - The pages only read. Retry, delete, pause and resume go through the JSON routes (`POST
+//!   /v1/failures/{id}/retry`, `DELETE /v1/failures/{id}`, `POST /v1/listeners/{id}/
+//!   partitions/{partition}/pause`, …) from the script, with the bearer
 //!   token the operator typed in, kept in the tab's `sessionStorage`. A bearer header, unlike a
 //!   cookie, is never sent by a forged cross-site form; the guard also refuses a mutating
 //!   request whose `Origin` is another site.
@@ -35,6 +36,8 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/ui", get(overview))
         .route("/ui/live", get(live))
+        .route("/ui/consumers", get(consumers))
+        .route("/ui/consumers/live", get(consumers_live))
         .route("/ui/events", get(events))
         .route("/ui/events/{id}", get(event))
         .route("/ui/events/{id}/payload", get(event_payload))
@@ -88,6 +91,15 @@ async fn overview(State(state): State<ApiState>) -> UiResult {
 async fn live(State(state): State<ApiState>) -> UiResult {
     let live = pages::Live::load(&state).await?;
     Ok(page(pages::live(&live)))
+}
+
+async fn consumers(State(state): State<ApiState>) -> Response {
+    page(pages::consumers(&state, &pages::listeners(&state)))
+}
+
+/// The consumers page's changing part, fetched by the script every few seconds.
+async fn consumers_live(State(state): State<ApiState>) -> Response {
+    page(pages::consumers_live(&pages::listeners(&state)))
 }
 
 /// The filter form sends its empty fields too: on a page, an empty field filters nothing
