@@ -1,9 +1,16 @@
 //! Operator commands to a running listener: pause and resume a partition.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use rdkafka::consumer::Consumer as _;
 
 use tokio::sync::Notify;
+
+use super::flow::{Flow, set_paused};
+use super::worker::PartitionWorker;
+use super::{Consumer_, Shared};
 
 /// Pauses and resumes partitions of a running [`Listener`](super::Listener), from the API, the
 /// console or the application itself. Shared: take it with
@@ -55,6 +62,35 @@ impl ListenerControl {
         self.paused
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Applies the operator's pauses to assigned partitions that have no worker yet (nothing
+/// received since they were assigned).
+pub(super) fn control_idle(
+    shared: &Shared,
+    consumer: &Consumer_,
+    workers: &HashMap<i32, PartitionWorker>,
+) {
+    // The consumer's own context follows its assignment.
+    for partition in consumer.context().labels.owned() {
+        let idle = workers
+            .get(&partition)
+            .is_none_or(|w| w.revoked.load(Ordering::SeqCst));
+        if idle {
+            let paused = shared.control.is_paused(partition);
+            set_paused(consumer, &shared.spec.topic, partition, paused);
+        }
+    }
+}
+
+/// Applies an operator's pause of `partition` to its flow: held and paused in librdkafka, or
+/// released (resumed by `check_workers` once backpressure and backoff allow).
+pub(super) fn hold_if_paused(shared: &Shared, consumer: &Consumer_, partition: i32, flow: &Flow) {
+    let held = shared.control.is_paused(partition);
+    flow.held.store(held, Ordering::SeqCst);
+    if held {
+        flow.set_paused(consumer, &shared.spec.topic, partition, true);
     }
 }
 

@@ -25,6 +25,7 @@
 mod control;
 mod flow;
 mod headers;
+mod publish;
 mod rebalance;
 mod spec;
 mod stats;
@@ -47,7 +48,9 @@ use crate::engine::{Backoff, Engine, EngineError};
 use crate::message::{Message, Origin};
 
 pub use self::control::ListenerControl;
+use self::control::{control_idle, hold_if_paused};
 use self::flow::*;
+use self::publish::{ask_paused_watermarks, publish};
 use self::rebalance::*;
 pub use self::spec::{ListenerSettings, ListenerSpec};
 pub use self::stats::{ListenerStats, PartitionSnapshot, StatsSnapshot, ThroughputSample};
@@ -421,139 +424,6 @@ impl Listener {
         }
         tracing::info!(target: "checkpoint", %listener_id, "listener stopped");
         Ok(())
-    }
-}
-
-/// librdkafka learns a partition's high watermark by fetching it, so its lag stops moving
-/// while the partition is paused. The broker is asked for the paused partitions' high
-/// watermarks instead, on a blocking thread, off the receive loop; the consumer is held only
-/// for the duration of each question.
-fn ask_paused_watermarks(shared: &Arc<Shared>, paused: Vec<i32>) {
-    if paused.is_empty() {
-        shared.stats.paused_highs(std::collections::BTreeMap::new());
-        return;
-    }
-    let shared = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || {
-        let mut highs = std::collections::BTreeMap::new();
-        for partition in paused {
-            let Some(consumer) = shared.consumer.upgrade() else {
-                return;
-            };
-            match consumer.fetch_watermarks(&shared.spec.topic, partition, PAUSED_WATERMARK_TIMEOUT)
-            {
-                Ok((_, high)) => {
-                    highs.insert(partition, high);
-                }
-                Err(error) => {
-                    tracing::debug!(target: "checkpoint", partition, %error, "asking a paused partition's high watermark failed");
-                }
-            }
-        }
-        let asked: Vec<i32> = highs.keys().copied().collect();
-        shared.stats.paused_highs(highs);
-        for partition in asked {
-            if let Some(lag) = shared.stats.paused_lag(partition) {
-                shared.labels.paused_lag(partition, lag);
-            }
-        }
-    });
-}
-
-/// How long the broker may take to tell a paused partition's high watermark.
-const PAUSED_WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Refreshes the listener's gauges and partition states; returns the paused partitions.
-fn publish(
-    shared: &Shared,
-    consumer: &Consumer_,
-    workers: &HashMap<i32, PartitionWorker>,
-) -> Vec<i32> {
-    let stats = shared.stats.snapshot();
-    let mut gauges = telemetry::Gauges {
-        assigned: stats.assigned_partitions,
-        queued_bytes: stats.queued_bytes,
-        in_flight: shared
-            .spec
-            .max_concurrency
-            .max(1)
-            .saturating_sub(shared.permits.available_permits()),
-        ..telemetry::Gauges::default()
-    };
-    let mut partitions = Vec::new();
-    // The consumer's own context follows its assignment.
-    for partition in consumer.context().labels.owned() {
-        let Some(worker) = workers
-            .get(&partition)
-            .filter(|w| !w.revoked.load(Ordering::SeqCst))
-        else {
-            // Assigned, nothing received yet.
-            partitions.push(PartitionSnapshot {
-                partition,
-                queued_messages: 0,
-                paused: shared.control.is_paused(partition),
-                paused_by_operator: shared.control.is_paused(partition),
-                backing_off: false,
-                last_settled: None,
-                lag: None,
-            });
-            continue;
-        };
-        let flow = &worker.flow;
-        let paused = flow.is_paused();
-        let backing_off = flow.backing_off.load(Ordering::SeqCst);
-        let queued_messages = flow.depth.load(Ordering::SeqCst);
-        gauges.paused += usize::from(paused);
-        gauges.backing_off += usize::from(backing_off);
-        gauges.queued_messages += queued_messages;
-        let settled = flow.last_settled_ms.load(Ordering::Relaxed);
-        if settled > 0 {
-            gauges.last_settled.push((partition, settled));
-        }
-        partitions.push(PartitionSnapshot {
-            partition,
-            queued_messages,
-            paused,
-            paused_by_operator: flow.held.load(Ordering::SeqCst),
-            backing_off,
-            last_settled: (settled > 0)
-                .then(|| Utc.timestamp_millis_opt(settled).single())
-                .flatten(),
-            lag: None,
-        });
-    }
-    shared.labels.publish(&gauges);
-    let paused = partitions
-        .iter()
-        .filter(|p| p.paused)
-        .map(|p| p.partition)
-        .collect();
-    shared.stats.published(partitions, Utc::now());
-    paused
-}
-
-/// Applies the operator's pauses to assigned partitions that have no worker yet (nothing
-/// received since they were assigned).
-fn control_idle(shared: &Shared, consumer: &Consumer_, workers: &HashMap<i32, PartitionWorker>) {
-    // The consumer's own context follows its assignment.
-    for partition in consumer.context().labels.owned() {
-        let idle = workers
-            .get(&partition)
-            .is_none_or(|w| w.revoked.load(Ordering::SeqCst));
-        if idle {
-            let paused = shared.control.is_paused(partition);
-            set_paused(consumer, &shared.spec.topic, partition, paused);
-        }
-    }
-}
-
-/// Applies an operator's pause of `partition` to its flow: held and paused in librdkafka, or
-/// released (resumed by `check_workers` once backpressure and backoff allow).
-fn hold_if_paused(shared: &Shared, consumer: &Consumer_, partition: i32, flow: &Flow) {
-    let held = shared.control.is_paused(partition);
-    flow.held.store(held, Ordering::SeqCst);
-    if held {
-        flow.set_paused(consumer, &shared.spec.topic, partition, true);
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod connect;
 mod metadata;
 mod migrations;
 pub mod models;
+mod pooled;
 mod queries;
 pub mod schema;
 mod tls;

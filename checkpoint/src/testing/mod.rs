@@ -63,12 +63,14 @@
 mod consumer;
 mod harness;
 mod kafka;
+mod outcome;
 
 pub use crate::crash::CrashPoint;
 pub use consumer::ChaosConsumer;
 pub(crate) use consumer::reached;
-pub use harness::{Chaos, ChaosError, ChaosMessage, ChaosReport, SideEffects};
+pub use harness::Chaos;
 pub use kafka::{BrokerError, Brokers, committed_offsets, produce, serve_broker, watermarks};
+pub use outcome::{ChaosError, ChaosMessage, ChaosReport, SideEffects};
 
 /// The environment through which the harness tells a consumer process what to do.
 pub mod env {

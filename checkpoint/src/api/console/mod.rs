@@ -13,6 +13,7 @@
 //!   cookie, is never sent by a forged cross-site form; the guard also refuses a mutating
 //!   request whose `Origin` is another site.
 
+mod listeners;
 mod pages;
 
 use axum::Router;
@@ -94,12 +95,12 @@ async fn live(State(state): State<ApiState>) -> UiResult {
 }
 
 async fn consumers(State(state): State<ApiState>) -> Response {
-    page(pages::consumers(&state, &pages::listeners(&state)))
+    page(listeners::consumers(&state, &listeners::listeners(&state)))
 }
 
 /// The consumers page's changing part, fetched by the script every few seconds.
 async fn consumers_live(State(state): State<ApiState>) -> Response {
-    page(pages::consumers_live(&pages::listeners(&state)))
+    page(listeners::consumers_live(&listeners::listeners(&state)))
 }
 
 /// The filter form sends its empty fields too: on a page, an empty field filters nothing
