@@ -313,6 +313,9 @@ pub struct ListenerBody {
     pub counters: Counters,
     /// Each assigned partition's state.
     pub partitions: Vec<crate::listener::PartitionSnapshot>,
+    /// Partitions an operator paused on this instance, assigned now or not: a pause outlives
+    /// a rebalance.
+    pub paused_partitions: Vec<i32>,
     /// Messages settled, sampled every five seconds over the last ten minutes, oldest first.
     pub throughput: Vec<crate::listener::ThroughputSample>,
 }
@@ -348,6 +351,7 @@ impl From<&super::ListenerProbe> for ListenerBody {
             kafka_error: probe.stats.last_client_error(),
             counters: stats.into(),
             partitions: probe.stats.partitions(),
+            paused_partitions: probe.control.paused(),
             throughput: probe.stats.throughput(),
         }
     }
@@ -373,7 +377,7 @@ impl From<crate::listener::StatsSnapshot> for Counters {
 pub struct BulkOutcome {
     /// Failures that matched the filters when the request came.
     pub matched: i64,
-    /// Failures this request took on: at most its `limit`, newest first, as listed.
+    /// Failures this request took on: the oldest `limit` of those matching.
     pub processed: usize,
     /// Retries whose handler acknowledged (event stored, failure deleted).
     pub acknowledged: usize,

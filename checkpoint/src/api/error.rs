@@ -39,6 +39,9 @@ pub enum ApiError {
         /// The partition.
         partition: i32,
     },
+    /// 409: a bulk retry is already running in this process.
+    #[error("a bulk retry is already running in this process; try again when it has answered")]
+    BulkRetryRunning,
     /// 403: a browser sent a mutating request from another site (its `Origin` or
     /// `Sec-Fetch-Site`).
     #[error("cross-site request refused")]
@@ -70,7 +73,9 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NoHandler { .. } | Self::NotAssigned { .. } => StatusCode::CONFLICT,
+            Self::NoHandler { .. } | Self::NotAssigned { .. } | Self::BulkRetryRunning => {
+                StatusCode::CONFLICT
+            }
             Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

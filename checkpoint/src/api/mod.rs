@@ -149,6 +149,8 @@ pub struct ApiState {
     token: Option<Arc<str>>,
     metrics: Option<PrometheusHandle>,
     listeners: Arc<[ListenerProbe]>,
+    /// One bulk retry at a time: a second press would call `consume` twice per row.
+    bulk_retry: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running listener as the API sees it: `/health/ready` checks its group membership,
@@ -198,6 +200,7 @@ impl ApiState {
             token: None,
             metrics: None,
             listeners: Arc::new([]),
+            bulk_retry: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

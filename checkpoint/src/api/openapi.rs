@@ -232,20 +232,22 @@ pub fn openapi_document() -> Value {
                 }
             },
             "/v1/failures/bulk/retry": {"post": {
-                "summary": "retry the failures matching the filters, at most `limit` of them \
-                            (newest first), one after another; the answer tallies the outcomes",
+                "summary": "retry the failures matching the filters: the oldest `limit` of them \
+                            (`offset` does not apply), oldest first, one after another; the \
+                            answer tallies the outcomes; one bulk retry at a time",
                 "parameters": list_params.clone(),
                 "security": auth.clone(),
                 "responses": {
                     "200": ok("what the retries did", schema_ref("BulkOutcome")),
                     "400": error("invalid parameter"),
                     "401": error("missing or invalid bearer token"),
+                    "409": error("a bulk retry is already running in this process"),
                     "503": error("database unavailable")
                 }
             }},
             "/v1/failures/bulk/delete": {"post": {
-                "summary": "delete the failures matching the filters, at most `limit` of them \
-                            (newest first)",
+                "summary": "delete the failures matching the filters: the oldest `limit` of them \
+                            (`offset` does not apply)",
                 "parameters": list_params.clone(),
                 "security": auth.clone(),
                 "responses": {
@@ -328,6 +330,9 @@ pub fn openapi_document() -> Value {
                         "backing_off": {"type": "boolean"},
                         "last_settled": timestamp,
                         "lag": nullable_int}}},
+                    "paused_partitions": {"type": "array", "items": {"type": "integer",
+                        "format": "int32"}, "description": "paused by an operator on this \
+                        instance, assigned now or not"},
                     "throughput": {"type": "array", "description": "messages settled, every \
                         5 s over the last 10 min, oldest first", "items": {"type": "object",
                         "properties": {"at": {"type": "string", "format": "date-time"},

@@ -16,6 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Id, ListenerPartition, Listing};
 use crate::engine::RetryOutcome;
 use crate::handler::Handler;
+use crate::store::{Failure, ListQuery};
 
 pub(super) async fn not_found() -> ApiError {
     ApiError::NotFound("not found")
@@ -192,15 +193,30 @@ pub(super) async fn retry_failure(
     retried(joined(retry.await)?)
 }
 
-/// Retries the failures matching the filters, at most `limit` of them (newest first), one
-/// after another, in a task of its own that runs to its end even when the client hangs up.
+/// The failures a bulk action takes: the oldest `limit` of those the filters match (the
+/// listing's `offset` does not apply), oldest first, so that an entity's failures are retried
+/// in the order they happened; and how many matched.
+async fn bulk_rows(state: &ApiState, mut query: ListQuery) -> ApiResult<(i64, Vec<Failure>)> {
+    let matched = state.store.count_failures(&query).await?;
+    query.offset = matched.saturating_sub(query.limit).max(0);
+    let mut rows = state.store.list_failures(&query).await?;
+    rows.reverse();
+    Ok((matched, rows))
+}
+
+/// Retries the failures matching the filters, at most `limit` of them (oldest first), one
+/// after another, in a task of its own that runs to its end even when the client hangs up;
+/// one bulk retry at a time.
 pub(super) async fn bulk_retry(
     State(state): State<ApiState>,
     Listing(query): Listing,
 ) -> ApiResult<Json<BulkOutcome>> {
-    let matched = state.store.count_failures(&query).await?;
-    let rows = state.store.list_failures(&query).await?;
+    let running = Arc::clone(&state.bulk_retry)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::BulkRetryRunning)?;
+    let (matched, rows) = bulk_rows(&state, query).await?;
     let bulk = tokio::spawn(async move {
+        let _running = running;
         let mut outcome = BulkOutcome {
             matched,
             processed: rows.len(),
@@ -229,13 +245,12 @@ pub(super) async fn bulk_retry(
     }
 }
 
-/// Deletes the failures matching the filters, at most `limit` of them (newest first).
+/// Deletes the failures matching the filters, at most `limit` of them (oldest first).
 pub(super) async fn bulk_delete(
     State(state): State<ApiState>,
     Listing(query): Listing,
 ) -> ApiResult<Json<BulkOutcome>> {
-    let matched = state.store.count_failures(&query).await?;
-    let rows = state.store.list_failures(&query).await?;
+    let (matched, rows) = bulk_rows(&state, query).await?;
     let mut outcome = BulkOutcome {
         matched,
         processed: rows.len(),

@@ -144,6 +144,8 @@ struct Shared {
     control: Arc<ListenerControl>,
     budget: Arc<Budget>,
     permits: Semaphore,
+    /// A round of questions for paused partitions' high watermarks is under way.
+    asking_watermarks: std::sync::atomic::AtomicBool,
     stopping: watch::Receiver<bool>,
     labels: telemetry::Labels,
 }
@@ -272,6 +274,7 @@ impl Listener {
             consumer: Arc::downgrade(&consumer),
             stats: self.stats,
             control: self.control,
+            asking_watermarks: std::sync::atomic::AtomicBool::new(false),
             stopping: stop_rx,
         });
         tracing::info!(target: "checkpoint", %listener_id, topic = %shared.spec.topic, group_id = %shared.spec.group_id, "listener started");

@@ -15,17 +15,25 @@ use super::{Consumer_, PartitionSnapshot, Shared, telemetry};
 
 /// librdkafka learns a partition's high watermark by fetching it, so its lag stops moving
 /// while the partition is paused. The broker is asked for the paused partitions' high
-/// watermarks instead, on a blocking thread, off the receive loop; the consumer is held only
-/// for the duration of each question.
+/// watermarks instead, on a blocking thread, off the receive loop: one round of questions at a
+/// time (a slow broker delays the next round rather than piling them up), none once the
+/// listener stops, and the consumer held only for the duration of each question.
 pub(super) fn ask_paused_watermarks(shared: &Arc<Shared>, paused: Vec<i32>) {
     if paused.is_empty() {
         shared.stats.paused_highs(std::collections::BTreeMap::new());
         return;
     }
+    if shared.asking_watermarks.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let shared = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
+        let _done = AskingDone(&shared.asking_watermarks);
         let mut highs = std::collections::BTreeMap::new();
         for partition in paused {
+            if shared.stopping() {
+                return;
+            }
             let Some(consumer) = shared.consumer.upgrade() else {
                 return;
             };
@@ -39,6 +47,14 @@ pub(super) fn ask_paused_watermarks(shared: &Arc<Shared>, paused: Vec<i32>) {
                 }
             }
         }
+        // A partition revoked meanwhile is another member's to report.
+        let owned: Vec<i32> = shared
+            .stats
+            .partitions()
+            .iter()
+            .map(|p| p.partition)
+            .collect();
+        highs.retain(|partition, _| owned.contains(partition));
         let asked: Vec<i32> = highs.keys().copied().collect();
         shared.stats.paused_highs(highs);
         for partition in asked {
@@ -47,6 +63,15 @@ pub(super) fn ask_paused_watermarks(shared: &Arc<Shared>, paused: Vec<i32>) {
             }
         }
     });
+}
+
+/// Clears the "asking" flag when a round of questions ends, however it ends.
+struct AskingDone<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for AskingDone<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How long the broker may take to tell a paused partition's high watermark.

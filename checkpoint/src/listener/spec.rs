@@ -50,7 +50,7 @@ pub struct ListenerSpec {
 }
 
 /// A listener's settings as an operator may see them: what [`ListenerSpec`] holds, with secret
-/// librdkafka values masked (see [`is_secret_property`](crate::secret::is_secret_property)).
+/// librdkafka values masked (see [`is_secret_property`](crate::config::is_secret_property)).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ListenerSettings {

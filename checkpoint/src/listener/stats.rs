@@ -153,7 +153,7 @@ impl ListenerStats {
                 let p = partition.partition;
                 let asked = match (highs.get(&p), offsets.committed.get(&p)) {
                     (Some(high), Some(committed)) if partition.paused => {
-                        Some((high - committed).max(0))
+                        Some(high.saturating_sub(*committed).max(0))
                     }
                     _ => None,
                 };
@@ -205,7 +205,7 @@ impl ListenerStats {
     pub(super) fn paused_lag(&self, partition: i32) -> Option<i64> {
         let high = *lock(&self.paused_highs).get(&partition)?;
         let committed = *lock(&self.offsets).committed.get(&partition)?;
-        Some((high - committed).max(0))
+        Some(high.saturating_sub(committed).max(0))
     }
 
     pub(super) fn client_failed(&self, error: String) {

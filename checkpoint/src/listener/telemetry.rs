@@ -189,7 +189,7 @@ impl Labels {
                 && partition.hi_offset >= 0
                 && partition.lo_offset >= 0
             {
-                partition.hi_offset - partition.lo_offset
+                partition.hi_offset.saturating_sub(partition.lo_offset)
             } else {
                 continue;
             };

@@ -160,7 +160,8 @@ fn partition_table(listener: &ListenerBody, controls: bool) -> Markup {
     }
 }
 
-/// `/ui/consumers`.
+/// `/ui/consumers`: the live partitions of each listener, then its settings (outside the
+/// refreshed region, so an opened panel stays open).
 pub(super) fn consumers(state: &ApiState, listeners: &[ListenerBody]) -> Markup {
     layout(
         state,
@@ -175,12 +176,19 @@ pub(super) fn consumers(state: &ApiState, listeners: &[ListenerBody]) -> Markup 
             } @else {
                 p #answer role="status" aria-live="polite" {}
                 div #live data-refresh="/ui/consumers/live" { (consumers_live(listeners)) }
+                section aria-labelledby="settings-title" {
+                    h2 #settings-title { "Settings" }
+                    @for listener in listeners {
+                        (settings(listener))
+                    }
+                }
             }
         },
     )
 }
 
-/// The consumers page's refreshed part: each listener's settings and partitions.
+/// The consumers page's refreshed part: each listener's state and partitions, and the
+/// partitions it holds paused while another instance owns them.
 pub(super) fn consumers_live(listeners: &[ListenerBody]) -> Markup {
     html! {
         @for listener in listeners {
@@ -191,25 +199,47 @@ pub(super) fn consumers_live(listeners: &[ListenerBody]) -> Markup {
                     " · " (listener.counters.assigned_partitions) " partition(s) assigned"
                 }
                 (partition_table(listener, true))
-                @if let Some(settings) = &listener.settings {
-                    details {
-                        summary { "Settings" }
-                        dl.fields {
-                            dt { "handler" } dd { (settings.handler) }
-                            dt { "topic" } dd { (settings.topic) }
-                            dt { "group_id" } dd { (settings.group_id) }
-                            dt { "max_concurrency" } dd { (settings.max_concurrency) }
-                            dt { "batch_size" } dd { (settings.batch_size) }
-                            dt { "start_from_beginning" } dd { (settings.start_from_beginning) }
-                            dt { "default_max_retries" } dd { @match settings.default_max_retries { Some(n) => { (n) } None => { "forever" } } }
-                            dt { "handler_timeout" } dd { @match settings.handler_timeout_ms { Some(ms) => { (ms) " ms" } None => { "none" } } }
-                            dt { "max_queued_bytes" } dd { (settings.max_queued_bytes) }
-                            dt { "shutdown_timeout" } dd { (settings.shutdown_timeout_ms) " ms" }
-                            dt { "revoke_timeout" } dd { (settings.revoke_timeout_ms) " ms" }
-                            @for (key, value) in &settings.kafka {
-                                dt { (key) } dd.kafka { (value) }
-                            }
+                @let elsewhere: Vec<i32> = listener
+                    .paused_partitions
+                    .iter()
+                    .copied()
+                    .filter(|p| !listener.partitions.iter().any(|s| s.partition == *p))
+                    .collect();
+                @if !elsewhere.is_empty() {
+                    @let id = encode(&listener.listener_id);
+                    div.elsewhere {
+                        p { "Paused here, not assigned to this instance now (they stay paused if they come back):" }
+                        @for p in &elsewhere {
+                            @let key = format!("{}#{}", listener.listener_id, p);
+                            button.action type="button" data-key=(key) data-method="POST" data-url={"/v1/listeners/" (id) "/partitions/" (p) "/resume"} disabled { "Resume " (p) }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A listener's settings, secrets masked, in a panel.
+fn settings(listener: &ListenerBody) -> Markup {
+    html! {
+        @if let Some(settings) = &listener.settings {
+            details.settings data-listener=(listener.listener_id) {
+                summary { (listener.listener_id) }
+                dl.fields {
+                    dt { "handler" } dd { (settings.handler) }
+                    dt { "topic" } dd { (settings.topic) }
+                    dt { "group_id" } dd { (settings.group_id) }
+                    dt { "max_concurrency" } dd { (settings.max_concurrency) }
+                    dt { "batch_size" } dd { (settings.batch_size) }
+                    dt { "start_from_beginning" } dd { (settings.start_from_beginning) }
+                    dt { "default_max_retries" } dd { @match settings.default_max_retries { Some(n) => { (n) } None => { "forever" } } }
+                    dt { "handler_timeout" } dd { @match settings.handler_timeout_ms { Some(ms) => { (ms) " ms" } None => { "none" } } }
+                    dt { "max_queued_bytes" } dd { (settings.max_queued_bytes) }
+                    dt { "shutdown_timeout" } dd { (settings.shutdown_timeout_ms) " ms" }
+                    dt { "revoke_timeout" } dd { (settings.revoke_timeout_ms) " ms" }
+                    @for (key, value) in &settings.kafka {
+                        dt { (key) } dd.kafka { (value) }
                     }
                 }
             }

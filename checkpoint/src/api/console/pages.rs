@@ -411,7 +411,7 @@ fn bulk_actions(query: &ListQuery, total: i64) -> Markup {
     let filters = query_string(query, limit, 0);
     let back = format!("/ui/failures?{}", query_string(query, query.limit, 0));
     let most = if total > limit {
-        format!(" (the newest {limit} of them with this press)")
+        format!(" (the oldest {limit} of them with this press)")
     } else {
         String::new()
     };

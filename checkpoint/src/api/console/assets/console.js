@@ -80,12 +80,15 @@
     }
     answer.textContent = "…";
     answer.className = "";
+    // No second press while the first is on its way (a bulk retry would run twice).
+    button.disabled = true;
     let response;
     try {
       response = await fetch(button.dataset.url, { method: button.dataset.method, headers: headers });
     } catch (error) {
       answer.textContent = "Request failed: " + error;
       answer.className = "bad";
+      refreshButtons();
       return;
     }
     let body = null;
@@ -99,14 +102,16 @@
       answer.className = "ok";
       if (button.dataset.after) {
         window.location.assign(button.dataset.after);
-      } else {
-        refreshLive();
+        return;
       }
+      // The listener publishes its partitions' state about once a second.
+      setTimeout(refreshLive, 1200);
     } else {
       const message = body && typeof body.message === "string" ? body.message : response.statusText;
       answer.textContent = response.status + ": " + message;
       answer.className = "bad";
     }
+    refreshButtons();
   });
 
   // A page's live part: replaced every 2 s with what the server renders (escaped).
