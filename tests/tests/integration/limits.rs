@@ -3,20 +3,18 @@
 //! within `shutdown_timeout` even while the database is gone, and a store error that waiting
 //! cannot fix stops the listener with an error instead of spinning.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::TestDb;
+use crate::support::kafka::{Cluster, wait_until};
+use crate::support::proxy::Proxy;
 use checkpoint::handler::BoxFuture;
 use checkpoint::listener::{Listener, ListenerError, ListenerSpec};
 use checkpoint::prelude::*;
 use checkpoint::testing::committed_offsets;
 use checkpoint::{Backoff, Engine, Store};
-use support::TestDb;
-use support::kafka::{Cluster, wait_until};
-use support::proxy::Proxy;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 const PATIENCE: Duration = Duration::from_secs(60);

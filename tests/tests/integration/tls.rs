@@ -2,11 +2,14 @@
 //! (TLS on), a MariaDB of the test's own with TLS required, and librdkafka's mock cluster
 //! behind a TLS-terminating proxy.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::TestDb;
+use crate::support::handlers::{Scripted, Step};
+use crate::support::kafka::{Cluster, wait_until};
+use crate::support::mariadb::TlsMariaDb;
+use crate::support::tls::{Pki, TlsProxy};
 use checkpoint::listener::{Listener, ListenerError, ListenerSpec, ListenerStats};
 use checkpoint::store::{Conn, Store};
 use checkpoint::{Engine, StoreError};
@@ -14,11 +17,6 @@ use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
-use support::TestDb;
-use support::handlers::{Scripted, Step};
-use support::kafka::{Cluster, wait_until};
-use support::mariadb::TlsMariaDb;
-use support::tls::{Pki, TlsProxy};
 
 #[derive(diesel::QueryableByName)]
 struct Encrypted {
@@ -245,7 +243,7 @@ async fn mysql_preferred_falls_back_when_the_server_has_no_tls() {
 /// of it: every connection a client makes after bootstrapping goes through TLS. Returns the
 /// client that owns the cluster, the proxy and the plaintext bootstrap address.
 async fn cluster_behind_tls(topic: &str, pki: &Pki, messages: usize) -> (BaseProducer, TlsProxy) {
-    support::kafka::init_tracing();
+    crate::support::kafka::init_tracing();
     let owner: BaseProducer = ClientConfig::new()
         .set("test.mock.num.brokers", "1")
         .create()

@@ -4,12 +4,10 @@
 //! must show no duplicated and no lost side effect; per-message mode loses nothing, and may
 //! apply an effect again only where a kill fell between the effect and its checkpoint row.
 
-mod support;
-
 use std::process::{Command, Stdio};
 
+use crate::support::TestDb;
 use checkpoint::testing::{Chaos, ChaosMessage, ChaosReport, SideEffects};
-use support::TestDb;
 
 const KILLS: usize = 24;
 const MESSAGES: usize = 2_000;

@@ -2,10 +2,10 @@
 //! not-found and parameter errors, the bearer token, retries and their side effects, payloads
 //! of any shape, metrics and the OpenAPI document; plus one request over a real socket.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::TestDb;
+use crate::support::handlers::{Scripted, Step};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -16,8 +16,6 @@ use checkpoint::{Disposition, Engine, Message, Origin};
 use chrono::{Duration, NaiveDateTime, Utc};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use support::TestDb;
-use support::handlers::{Scripted, Step};
 use tower::ServiceExt;
 
 const TOKEN: &str = "s3cret";
@@ -685,6 +683,9 @@ async fn bulk_actions_take_the_filtered_set(db: TestDb) {
     assert_eq!(handler.calls(), 3);
     let (_, left) = get(&router, "/v1/failures/count").await;
     assert_eq!(left, json!({"count": 1}));
+    // The oldest two were taken, in the order they failed: the newest is left.
+    let (_, left) = get(&router, "/v1/failures").await;
+    assert_eq!(left[0]["payload"], json!({"id": "o-3"}), "{left}");
 
     // Without a handler for their topic and group, failures are kept and counted as conflicts.
     let bare = plain(&db);

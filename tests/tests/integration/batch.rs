@@ -1,12 +1,10 @@
 //! Batch mode through the engine on every backend: one duplicate check and one insert (or one
 //! claim) for many messages, outcomes per message.
 
-mod support;
-
+use crate::support::TestDb;
+use crate::support::handlers::{Scripted, Step};
 use checkpoint::prelude::*;
 use checkpoint::{Disposition, Engine, Origin};
-use support::TestDb;
-use support::handlers::{Scripted, Step};
 
 fn kinds(settled: &[Disposition]) -> Vec<&'static str> {
     settled

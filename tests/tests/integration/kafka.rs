@@ -1,22 +1,20 @@
 //! Listeners on librdkafka's mock cluster against real databases. Every test counts the side
 //! effects a transactional handler writes and compares them with what was produced.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::TestDb;
+use crate::support::handlers::{Scripted, Step};
+use crate::support::kafka::{
+    Cluster, TIMEOUT, assert_exactly_once, failures, wait_for_all, wait_for_commits, wait_until,
+    workload,
+};
 use checkpoint::listener::{Listener, ListenerSpec};
 use checkpoint::prelude::*;
 use checkpoint::testing::committed_offsets;
 use checkpoint::{Backoff, Engine};
 use checkpoint_tests::Sink;
-use support::TestDb;
-use support::handlers::{Scripted, Step};
-use support::kafka::{
-    Cluster, TIMEOUT, assert_exactly_once, failures, wait_for_all, wait_for_commits, wait_until,
-    workload,
-};
 use tokio::sync::oneshot;
 
 fn spec(cluster: &Cluster, handler: Arc<dyn Handler>, topic: &str, group: &str) -> ListenerSpec {
@@ -537,7 +535,7 @@ async fn the_dashboard_queries_only_metrics_an_app_exports(db: TestDb) {
     use checkpoint::App;
     use checkpoint::config::Config;
     let dashboard: serde_json::Value =
-        serde_json::from_str(include_str!("../../checkpoint/dashboards/grafana.json"))
+        serde_json::from_str(include_str!("../../../checkpoint/dashboards/grafana.json"))
             .expect("the dashboard is JSON");
     let mut queried: Vec<String> = dashboard["panels"]
         .as_array()
@@ -799,4 +797,88 @@ async fn post(router: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
         .expect("body")
         .to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// A pause outlives a rebalance: while partition 0 is paused here, a second member joins the
+/// group and leaves again; when the partition comes back to this listener it is still paused,
+/// and what was produced meanwhile waits until the operator resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pause_outlives_a_rebalance() {
+    let db = TestDb::sqlite().await;
+    db.create_side_effects_table().await;
+    let (topic, group) = ("paused-across", "operators-across");
+    let cluster = Cluster::new(topic, 2);
+    let order = |partition: i32, id: String| {
+        let payload = format!(r#"{{"id":"{id}"}}"#).into_bytes();
+        (partition, id, payload)
+    };
+    cluster
+        .produce(topic, &[order(0, "a-0".into()), order(1, "a-1".into())])
+        .await;
+    let here = Listener::new(
+        spec(&cluster, Arc::new(Sink), topic, group),
+        Engine::new(db.store.clone()),
+    );
+    let stats = here.stats();
+    let control = here.control();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(here.run(async {
+        let _ = stopped.await;
+    }));
+    wait_until(TIMEOUT, "the first two orders", || async {
+        db.total_side_effects().await == 2
+    })
+    .await;
+    assert!(control.pause(0));
+
+    // A second member takes one partition, then leaves: both come back here.
+    let other = Listener::new(
+        spec(&cluster, Arc::new(Sink), topic, group),
+        Engine::new(db.store.clone()),
+    );
+    let other_stats = other.stats();
+    let (stop_other, other_stopped) = oneshot::channel::<()>();
+    let other_task = tokio::spawn(other.run(async {
+        let _ = other_stopped.await;
+    }));
+    wait_until(TIMEOUT, "the partitions shared by two members", || async {
+        other_stats.snapshot().assigned_partitions == 1 && stats.partitions().len() == 1
+    })
+    .await;
+    stop_other.send(()).expect("stop the other member");
+    other_task.await.expect("join").expect("other listener");
+    wait_until(
+        TIMEOUT,
+        "both partitions back here, 0 still paused",
+        || async {
+            let state = stats.partitions();
+            state.len() == 2
+                && state
+                    .iter()
+                    .any(|p| p.partition == 0 && p.paused && p.paused_by_operator)
+        },
+    )
+    .await;
+
+    let later: Vec<_> = (0..10).map(|i| order(0, format!("c-{i}"))).collect();
+    cluster.produce(topic, &later).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        db.total_side_effects().await,
+        2,
+        "partition 0 moved while paused after the rebalance"
+    );
+    assert!(control.resume(0));
+    wait_until(
+        TIMEOUT,
+        "partition 0's ten orders after the resume",
+        || async { db.total_side_effects().await == 12 },
+    )
+    .await;
+    stop.send(()).expect("stop");
+    task.await.expect("join").expect("listener");
+    for i in 0..10 {
+        assert_eq!(db.side_effects(&format!("c-{i}")).await, 1, "c-{i}");
+    }
+    db.cleanup().await;
 }

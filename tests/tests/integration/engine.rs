@@ -2,19 +2,16 @@
 //! duplicates, the retry decision, failures, notifications, transactional exactly-once and
 //! retries of stored failures.
 
-mod support;
-
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::TestDb;
+use crate::support::handlers::{Scripted, Step, event_time};
 use checkpoint::handler::{BoxFuture, decode_json};
 use checkpoint::instrument::{Fired, Notification};
 use checkpoint::prelude::*;
 use checkpoint::store::ListQuery;
 use checkpoint::{Backoff, Disposition, Engine, Origin, RetryOutcome, Store};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use support::TestDb;
-use support::handlers::{Scripted, Step, event_time};
 
 fn origin() -> Origin {
     Origin::new("billing").with_listener_id("listener-1")
@@ -412,7 +409,7 @@ async fn an_undecodable_payload_is_a_failure_at_once(db: TestDb) {
     assert!(
         failure
             .error_message
-            .starts_with("payload is not valid JSON for `engine::OrderPlaced`"),
+            .starts_with("payload is not valid JSON for `integration::engine::OrderPlaced`"),
         "{}",
         failure.error_message
     );
@@ -662,45 +659,63 @@ async fn a_dedup_key_replaces_the_checksum(db: TestDb) {
     db.cleanup().await;
 }
 
-fn snapshotter() -> &'static Snapshotter {
-    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder.install().expect("install the test recorder once");
-        snapshotter
-    })
-}
-
-/// Counter values and histogram sample counts labelled with `topic`.
+/// Counter values and histogram sample counts labelled with `topic`, read from the
+/// process's Prometheus recorder (the one an `App` installs; one recorder serves every suite
+/// of this binary, so each test labels its own topic).
 fn metrics_for_topic(topic: &str) -> Vec<(String, u64)> {
+    let text = checkpoint::api::prometheus().render();
+    let mut kinds = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                kinds.insert(name.to_owned(), kind.to_owned());
+            }
+        }
+    }
     let mut out = Vec::new();
-    for (key, _, _, value) in snapshotter().snapshot().into_vec() {
-        let labelled = key
-            .key()
-            .labels()
-            .any(|l| l.key() == "topic" && l.value() == topic);
-        if !labelled {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        if !labels.contains(&format!("topic=\"{topic}\"")) {
             continue;
         }
         assert!(
-            key.key().labels().any(|l| l.key() == "group_id"),
-            "every metric carries group_id"
+            labels.contains("group_id=\""),
+            "every metric carries group_id: {line}"
         );
-        let amount = match value {
-            DebugValue::Counter(n) => n,
-            DebugValue::Histogram(samples) => u64::try_from(samples.len()).expect("small"),
-            DebugValue::Gauge(_) => continue,
+        let (name, counted) = match kinds.get(name).map(String::as_str) {
+            Some("counter") => (name, true),
+            // Histograms render as summaries: their `_count` is the number of samples.
+            _ => match name.strip_suffix("_count") {
+                Some(base)
+                    if kinds
+                        .get(base)
+                        .is_some_and(|k| k == "summary" || k == "histogram") =>
+                {
+                    (base, true)
+                }
+                _ => (name, false),
+            },
         };
-        out.push((key.key().name().to_owned(), amount));
+        if counted {
+            let amount: f64 = value.parse().expect("a number");
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            out.push((name.to_owned(), amount as u64));
+        }
     }
     out.sort();
     out
 }
 
 async fn every_notification_is_a_labelled_metric(db: TestDb) {
-    snapshotter();
-    let topic = format!("metrics-{}", db.store.backend());
+    // Installed before anything is measured.
+    checkpoint::api::prometheus();
+    let topic = format!("notified-{}", db.store.backend());
     let engine = Engine::new(db.store.clone());
     let message = Message::new(topic.clone(), 0, 1, "m");
     engine

@@ -1,15 +1,13 @@
 //! `#[checkpoint_handler]` handlers through the real engine on every backend: a generated
 //! handler behaves exactly like the equivalent hand-written one.
 
-mod support;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::support::TestDb;
 use checkpoint::handler::{BoxFuture, decode_json};
 use checkpoint::prelude::*;
 use checkpoint::store::ListQuery;
 use checkpoint::{Disposition, Engine, Origin};
-use support::TestDb;
 
 #[derive(Debug, serde::Deserialize)]
 struct OrderPlaced {
@@ -332,8 +330,8 @@ struct Shipments;
 #[checkpoint_handler(transactional, max_retries = 0)]
 impl Shipments {
     async fn consume(&self, token: &str, ctx: &mut Context<'_>) -> Result<Outcome, HandlerError> {
+        use crate::support::handlers::side_effects;
         use diesel::prelude::*;
-        use support::handlers::side_effects;
         ctx.tx()?
             .execute(
                 diesel::insert_into(side_effects::table)

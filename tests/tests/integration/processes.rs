@@ -4,15 +4,13 @@
 //! failure row rather than a crash loop; consumers joining and leaving a group while their
 //! handler is inside slow side effects, none of which may be applied twice.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::TestDb;
-use support::kafka::{
+use crate::support::TestDb;
+use crate::support::kafka::{
     Cluster, Produced, TIMEOUT, assert_exactly_once, distinct_side_effects, failures, wait_for_all,
     wait_for_commits, wait_until, workload,
 };

@@ -2,19 +2,17 @@
 //! a dry run counts without deleting; and pruning while a listener consumes loses nothing and
 //! duplicates nothing.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::TestDb;
+use crate::support::kafka::{Cluster, TIMEOUT, assert_exactly_once, wait_for_all, workload};
 use checkpoint::listener::{Listener, ListenerSpec};
 use checkpoint::retention::{self, PRUNED_METRIC};
 use checkpoint::store::{ListQuery, NewEvent, NewFailure, PrunedTable};
 use checkpoint::{Backoff, Engine};
 use checkpoint_tests::Sink;
 use chrono::{NaiveDateTime, Utc};
-use support::TestDb;
-use support::kafka::{Cluster, TIMEOUT, assert_exactly_once, wait_for_all, workload};
 
 const DAY: Duration = Duration::from_secs(86_400);
 

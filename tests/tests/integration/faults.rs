@@ -6,11 +6,11 @@
 //! Every test states what a user expects. A fault that wedges a partition shows as a timeout on
 //! a short clock ([`FAULT_TIMEOUT`]), not as a hang.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::TestDb;
+use crate::support::kafka::{Cluster, Produced};
 use checkpoint::handler::{BoxFuture, decode_json};
 use checkpoint::listener::{Listener, ListenerError, ListenerSpec};
 use checkpoint::prelude::*;
@@ -19,8 +19,6 @@ use checkpoint::testing::committed_offsets;
 use checkpoint::{Backend, Backoff, Disposition, Engine, Origin, Store};
 use checkpoint_tests::Order;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
-use support::TestDb;
-use support::kafka::{Cluster, Produced};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -732,7 +730,7 @@ async fn a_store_error_after_consume_does_not_run_consume_again(db: TestDb) {
 /// On the server backends only: the way to make the SQLite store fail is a lock held by another
 /// connection, and the store waits for that up to its 30 s busy timeout without an error.
 mod a_store_error_after_consume_does_not_run_consume_again {
-    use super::support::TestDb;
+    use crate::support::TestDb;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {

@@ -1,11 +1,9 @@
 //! The store on every backend: ordering, filters, paging, lossless payloads, failure upserts,
 //! migrations, and clear errors for bad input and a database that is down.
 
-mod support;
-
+use crate::support::TestDb;
 use checkpoint::store::{DedupKey, ListQuery, NewEvent, NewFailure, Store, StoreError};
 use chrono::{Duration, NaiveDateTime, Utc};
-use support::TestDb;
 
 fn event<'a>(checksum: &'a str, payload: &'a [u8]) -> NewEvent<'a> {
     NewEvent {
