@@ -11,7 +11,8 @@ use rdkafka::statistics::Statistics;
 /// (librdkafka's `consumer_lag`, refreshed every `statistics.interval.ms`). Before the group
 /// has committed anything on a partition it is, for a listener that starts from the
 /// beginning, the whole partition (high minus low watermark); otherwise it is not reported
-/// until the first commit.
+/// until the first commit. librdkafka stops learning a paused partition's high watermark, so
+/// for paused partitions the listener asks the broker for it every 5 s.
 pub const CONSUMER_LAG: &str = "checkpoint_consumer_lag";
 /// Partitions assigned to the listener.
 pub const ASSIGNED: &str = "checkpoint_assigned_partitions";
