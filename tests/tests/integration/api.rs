@@ -128,7 +128,7 @@ fn plain(db: &TestDb) -> Router {
 }
 
 /// Sends one request; returns the status and the body (JSON when it parses, else a string).
-async fn send(
+pub(crate) async fn send(
     router: &Router,
     method: &str,
     uri: &str,

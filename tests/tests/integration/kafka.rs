@@ -673,22 +673,31 @@ mod app {
     }
 }
 
+/// An order `id` on `partition`, as `Sink` reads it.
+fn order(partition: i32, id: String) -> crate::support::kafka::Produced {
+    let payload = format!(r#"{{"id":"{id}"}}"#).into_bytes();
+    (partition, id, payload)
+}
+
+/// A database with the side-effects table, and `topic` with two partitions holding the orders
+/// `a-0` and `a-1`, one each.
+async fn two_partitions_with_an_order_each(topic: &str) -> (TestDb, Cluster) {
+    let db = TestDb::sqlite().await;
+    db.create_side_effects_table().await;
+    let cluster = Cluster::new(topic, 2);
+    cluster
+        .produce(topic, &[order(0, "a-0".into()), order(1, "a-1".into())])
+        .await;
+    (db, cluster)
+}
+
 /// An operator pauses one partition of a running listener: the other keeps flowing, the paused
 /// one applies nothing more while paused (its state says so), and once resumed it applies
 /// what arrived meanwhile, each message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_pause_holds_a_partition_until_resumed() {
-    let db = TestDb::sqlite().await;
-    db.create_side_effects_table().await;
     let (topic, group) = ("paused", "operators");
-    let cluster = Cluster::new(topic, 2);
-    let order = |partition: i32, id: String| {
-        let payload = format!(r#"{{"id":"{id}"}}"#).into_bytes();
-        (partition, id, payload)
-    };
-    cluster
-        .produce(topic, &[order(0, "a-0".into()), order(1, "a-1".into())])
-        .await;
+    let (db, cluster) = two_partitions_with_an_order_each(topic).await;
     let listener = Listener::new(
         spec(&cluster, Arc::new(Sink), topic, group),
         Engine::new(db.store.clone()),
@@ -712,8 +721,14 @@ async fn an_operator_pause_holds_a_partition_until_resumed() {
     })
     .await;
     // Through the API, as the console does it; the listener id is percent-encoded.
-    let (status, body) = post(&api, "/v1/listeners/operators%2Fpaused/partitions/0/pause").await;
-    assert_eq!(status, 200, "{body}");
+    let (status, body) = crate::api::send(
+        &api,
+        "POST",
+        "/v1/listeners/operators%2Fpaused/partitions/0/pause",
+        None,
+    )
+    .await;
+    assert_eq!(status, axum::http::StatusCode::OK, "{body}");
     assert_eq!(
         body,
         serde_json::json!({"listener_id": "operators/paused", "partition": 0,
@@ -762,8 +777,14 @@ async fn an_operator_pause_holds_a_partition_until_resumed() {
     })
     .await;
 
-    let (status, body) = post(&api, "/v1/listeners/operators%2Fpaused/partitions/0/resume").await;
-    assert_eq!(status, 200, "{body}");
+    let (status, body) = crate::api::send(
+        &api,
+        "POST",
+        "/v1/listeners/operators%2Fpaused/partitions/0/resume",
+        None,
+    )
+    .await;
+    assert_eq!(status, axum::http::StatusCode::OK, "{body}");
     assert_eq!(body["changed"], true, "{body}");
     assert!(!control.is_paused(0));
     wait_until(
@@ -781,40 +802,13 @@ async fn an_operator_pause_holds_a_partition_until_resumed() {
     db.cleanup().await;
 }
 
-/// POSTs to `router`; the status and the JSON body.
-async fn post(router: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
-    let request = axum::http::Request::post(uri)
-        .body(axum::body::Body::empty())
-        .expect("request");
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
-}
-
 /// A pause outlives a rebalance: while partition 0 is paused here, a second member joins the
 /// group and leaves again; when the partition comes back to this listener it is still paused,
 /// and what was produced meanwhile waits until the operator resumes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_pause_outlives_a_rebalance() {
-    let db = TestDb::sqlite().await;
-    db.create_side_effects_table().await;
     let (topic, group) = ("paused-across", "operators-across");
-    let cluster = Cluster::new(topic, 2);
-    let order = |partition: i32, id: String| {
-        let payload = format!(r#"{{"id":"{id}"}}"#).into_bytes();
-        (partition, id, payload)
-    };
-    cluster
-        .produce(topic, &[order(0, "a-0".into()), order(1, "a-1".into())])
-        .await;
+    let (db, cluster) = two_partitions_with_an_order_each(topic).await;
     let here = Listener::new(
         spec(&cluster, Arc::new(Sink), topic, group),
         Engine::new(db.store.clone()),
