@@ -41,29 +41,31 @@ impl Rows for Buffered {
     }
 }
 
-/// Transactional batch rows: the batch transaction, a savepoint around each message.
+/// Transactional batch rows: the batch transaction, a savepoint around each message. Acks are
+/// buffered and their claims completed in one pass before the commit.
 struct Savepoints<'t, 'c> {
     conn: &'t mut Conn<'c>,
+    /// Index in the batch and fields of each acked message.
+    acked: Vec<(usize, AckFields)>,
+    /// Index of the message being concluded.
+    current: usize,
 }
 
 impl Rows for Savepoints<'_, '_> {
     async fn ack(
         &mut self,
         _: &Engine,
-        attempt: &Attempt<'_>,
+        _: &Attempt<'_>,
         fields: &AckFields,
         _: &dyn Progress,
     ) -> Result<Option<bool>, EngineError> {
-        self.conn
-            .complete_event(attempt.key(), &attempt.event_row(fields))
-            .await?;
-        self.conn.commit().await?;
-        // Durable with the batch's commit, and notified then.
+        self.acked.push((self.current, fields.clone()));
+        // Completed, durable and notified with the batch's commit.
         Ok(None)
     }
 
     async fn release(&mut self, _: &Engine, attempt: &Attempt<'_>) -> Result<(), EngineError> {
-        self.conn.rollback().await?;
+        self.conn.undo_message().await?;
         self.conn.delete_event(attempt.key()).await?;
         Ok(())
     }
@@ -318,8 +320,9 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Inside the batch transaction: claim every new key in one statement, then consume each
-    /// claimed message in a savepoint. A key is claimed once per batch: a repeat of a key
+    /// Inside the batch transaction: claim every new key in one statement, consume each
+    /// claimed message in a savepoint, then complete the acked claims in one pass. A key is
+    /// claimed once per batch: a repeat of a key
     /// acked earlier in the batch is a duplicate, a repeat of one whose claim was released
     /// (skip, failure) is claimed again and consumed, as a redelivery would be.
     async fn claim_and_consume(
@@ -345,17 +348,25 @@ impl Engine {
         let mut released: HashSet<&str> = HashSet::new();
         let mut settled = Vec::with_capacity(attempts.len());
         let mut retry = None;
+        let mut rows = Savepoints {
+            conn: &mut *conn,
+            acked: Vec::new(),
+            current: 0,
+        };
+        let mut marked = false;
         for (i, attempt) in attempts.iter().enumerate() {
             let key = attempt.metadata.checksum.as_str();
             let ours = claimed.remove(key)
-                || (released.remove(key) && conn.insert_event(&attempt.event_row(&empty)).await?);
+                || (released.remove(key)
+                    && rows.conn.insert_event(&attempt.event_row(&empty)).await?);
             if !ours {
                 self.fire(Notification::EventAlreadyConsumed, attempt, None);
                 settled.push(Disposition::AlreadyConsumed);
                 continue;
             }
-            let mut rows = Savepoints { conn: &mut *conn };
-            rows.conn.begin().await?;
+            rows.conn.mark_message(!marked).await?;
+            marked = true;
+            rows.current = i;
             let verdict = match &attempt.unusable {
                 Some(problem) => Verdict::Fail(problem.error()),
                 None => {
@@ -376,7 +387,7 @@ impl Engine {
                     // Release the claims of the messages this batch will not reach.
                     for later in &attempts[i + 1..] {
                         if claimed.remove(later.metadata.checksum.as_str()) {
-                            conn.delete_event(later.key()).await?;
+                            rows.conn.delete_event(later.key()).await?;
                         }
                     }
                     retry = Some(error);
@@ -390,6 +401,12 @@ impl Engine {
                 }
             }
         }
+        let events: Vec<NewEvent<'_>> = rows
+            .acked
+            .iter()
+            .map(|(i, fields)| attempts[*i].event_row(fields))
+            .collect();
+        rows.conn.complete_events(&events).await?;
         Ok(BatchOutcome {
             settled,
             retry,

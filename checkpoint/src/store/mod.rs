@@ -8,6 +8,7 @@
 
 mod attempts;
 mod bulk;
+mod claims;
 pub(crate) mod connect;
 mod metadata;
 mod migrations;

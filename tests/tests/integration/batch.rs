@@ -4,6 +4,7 @@
 use crate::support::TestDb;
 use crate::support::handlers::{Scripted, Step};
 use checkpoint::prelude::*;
+use checkpoint::store::ListQuery;
 use checkpoint::{Disposition, Engine, Origin};
 
 fn kinds(settled: &[Disposition]) -> Vec<&'static str> {
@@ -82,6 +83,22 @@ async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
         "duplicates, stored or within the batch, are not consumed"
     );
     assert_eq!(db.event_count().await, 4, "old, a, d, e");
+    let events = db
+        .store
+        .list_events(&ListQuery::default())
+        .await
+        .expect("events");
+    let mut stored: Vec<(i64, Option<String>, bool)> = events
+        .iter()
+        .filter(|e| e.offset >= 10)
+        .map(|e| (e.offset, e.entity_id.clone(), e.event_time.is_some()))
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [10, 15, 16].map(|offset| (offset, Some(format!("entity-{offset}")), true)),
+        "each acked event is stored once, with its ack's fields"
+    );
     assert_eq!(
         db.store
             .count_failures(&Default::default())
