@@ -91,20 +91,6 @@ pub enum StoreError {
         /// Maximum length.
         max: usize,
     },
-    /// A transactional batch could not complete the events it claimed in its own transaction
-    /// (something else deleted or stored them meanwhile, which the engine never does). The
-    /// batch's transaction is rolled back, so nothing of it is kept.
-    #[error(
-        "{backend}: only {completed} of the {claimed} events this batch claimed could be completed"
-    )]
-    ClaimsLost {
-        /// Backend of the batch's transaction.
-        backend: Backend,
-        /// Events the batch acked, each claimed earlier in the transaction.
-        claimed: usize,
-        /// Of these, the events found and completed.
-        completed: usize,
-    },
 }
 
 impl StoreError {

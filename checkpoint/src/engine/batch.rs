@@ -1,6 +1,7 @@
 //! Batch mode: many messages of one partition with one duplicate check and one multi-row
-//! insert (per-message handlers), or one transaction with one multi-row claim and a savepoint
-//! per message (transactional handlers). Outcomes stay per message through the same
+//! insert (per-message handlers), or one transaction with one multi-row claim, a savepoint
+//! per message and the acked claims completed in one pass at the end (transactional
+//! handlers). Outcomes stay per message through the same
 //! [`Engine::triage`] as single messages: a poison message becomes a failure without touching
 //! its neighbours; a message that must be retried ends the batch there, after everything
 //! before it is settled.

@@ -1,115 +1,142 @@
-//! The statements of a transactional batch beyond the claim itself: a savepoint around each
-//! message, and completing the acked claims all at once when the batch ends. Each costs one
-//! round trip, so a message whose handler writes one row costs two round trips in all (its
-//! savepoint and its handler's statement) instead of four.
+//! Completing the claims of a transactional batch: one statement per 1,000 acked messages sets
+//! the acknowledgement fields of the rows the batch claimed, instead of one update per message.
+//! The rows keep their ids and payloads; only the four fields are sent.
 
 use std::collections::BTreeMap;
 
-use diesel::prelude::{ExpressionMethods, QueryDsl};
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, Nullable, Text, Timestamp};
+use diesel_async::RunQueryDsl;
 
 use super::models::NewEvent;
 use super::queries::INSERT_CHUNK;
-use super::schema::checkpoint_events as ev;
 use super::validate::validate_event;
-use super::{Conn, StoreError, StoreResult, dispatch};
+use super::{Conn, StoreResult};
 
-/// The savepoint around the message in hand, set, released and rolled back to by name. It is
-/// not one of diesel's (diesel names its own by depth): a handler's own `transaction` nests
-/// inside it as usual, and rolling back to it undoes the handler's writes whatever the handler
-/// left open.
-const SET: &str = "SAVEPOINT checkpoint_message";
-/// The previous message's savepoint released and the next one set, in one round trip (MySQL
-/// would replace a savepoint of the same name by itself; the release is harmless there).
-const RELEASE_AND_SET: &str = "RELEASE SAVEPOINT checkpoint_message; SAVEPOINT checkpoint_message";
-/// Back to the message's savepoint, which stays set.
-const UNDO: &str = "ROLLBACK TO SAVEPOINT checkpoint_message";
+/// The acknowledgement fields, in the order both statements set them.
+const FIELDS: [&str; 4] = ["entity_id", "event_time", "event_type", "event_version"];
 
 impl Conn<'_> {
-    /// Sets the savepoint of the next message of a transactional batch. Unless it is the batch's
-    /// first, the previous message's savepoint is released in the same round trip, keeping what
-    /// that message wrote.
-    pub(crate) async fn mark_message(&mut self, first: bool) -> StoreResult<()> {
-        let sql = if first { SET } else { RELEASE_AND_SET };
-        let result = dispatch!(self, c => c.batch_execute(sql).await);
-        result.map_err(|e| self.query_error(e))
-    }
-
-    /// Undoes everything since [`Conn::mark_message`]: the handler's writes of the message in
-    /// hand. The savepoint stays set; what is written next (a failure row, the claim's
-    /// deletion) is kept.
-    pub(crate) async fn undo_message(&mut self) -> StoreResult<()> {
-        let result = dispatch!(self, c => c.batch_execute(UNDO).await);
-        result.map_err(|e| self.query_error(e))
-    }
-
-    /// Completes the claims of a transactional batch: `rows` are the acked messages' events,
-    /// each claimed earlier in this transaction without its acknowledgement fields. The
-    /// claimed rows are deleted and `rows` inserted in their place, two statements per 1,000
-    /// rows instead of an update per row. The transaction holds every key's lock throughout, so
-    /// no one else can store a key in between; a claim that is not there to complete is an
-    /// error ([`StoreError::ClaimsLost`]), and the caller rolls the batch back.
+    /// Sets the acknowledgement fields of events claimed earlier in this transaction (stored
+    /// without them) from `rows`, the acked messages' events, matched by dedup key.
     pub(crate) async fn complete_events(&mut self, rows: &[NewEvent<'_>]) -> StoreResult<()> {
         for row in rows {
             validate_event(row)?;
         }
-        let mut keys: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, &str), Vec<&NewEvent<'_>>> = BTreeMap::new();
         for row in rows {
-            keys.entry((row.topic, row.group_id))
+            groups
+                .entry((row.topic, row.group_id))
                 .or_default()
-                .push(row.checksum);
+                .push(row);
         }
-        let mut found = 0;
-        for ((topic, group_id), checksums) in keys {
-            for chunk in checksums.chunks(INSERT_CHUNK) {
-                found += self.delete_checksums(topic, group_id, chunk).await?;
+        for ((topic, group_id), rows) in groups {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let result = match self {
+                    Conn::Postgres(c) => {
+                        postgres_complete(topic, group_id, chunk)
+                            .execute(&mut **c)
+                            .await
+                    }
+                    Conn::Sqlite(c) => {
+                        case_complete!(diesel::sqlite::Sqlite, topic, group_id, chunk)
+                            .execute(&mut **c)
+                            .await
+                    }
+                    Conn::Mysql(c) => {
+                        case_complete!(diesel::mysql::Mysql, topic, group_id, chunk)
+                            .execute(&mut **c)
+                            .await
+                    }
+                };
+                result.map_err(|e| self.query_error(e))?;
             }
         }
-        let completed = if found == rows.len() {
-            let inserted = self.insert_events(rows).await?;
-            inserted.into_iter().filter(|inserted| *inserted).count()
-        } else {
-            found
-        };
-        if completed == rows.len() {
-            return Ok(());
-        }
-        Err(StoreError::ClaimsLost {
-            backend: self.backend(),
-            claimed: rows.len(),
-            completed,
-        })
-    }
-
-    /// Deletes the events of `topic` and `group_id` with these checksums; how many it deleted.
-    async fn delete_checksums(
-        &mut self,
-        topic: &str,
-        group_id: &str,
-        checksums: &[&str],
-    ) -> StoreResult<usize> {
-        let deleted = if let Conn::Postgres(c) = self {
-            // One index probe per key, as in the duplicate check: `checksum = ANY($1)` may be
-            // planned as a filter over every row of the group while statistics are stale.
-            diesel::sql_query(
-                "DELETE FROM checkpoint_events WHERE id IN (SELECT e.id FROM \
-                 unnest($1::text[]) AS k(c) CROSS JOIN LATERAL (SELECT id FROM \
-                 checkpoint_events WHERE topic = $2 AND group_id = $3 AND checksum = k.c) AS e)",
-            )
-            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(checksums)
-            .bind::<diesel::sql_types::Text, _>(topic)
-            .bind::<diesel::sql_types::Text, _>(group_id)
-            .execute(&mut **c)
-            .await
-        } else {
-            let query = diesel::delete(
-                ev::table
-                    .filter(ev::topic.eq(topic))
-                    .filter(ev::group_id.eq(group_id))
-                    .filter(ev::checksum.eq_any(checksums)),
-            );
-            dispatch!(self, c => query.execute(&mut **c).await)
-        };
-        deleted.map_err(|e| self.query_error(e))
+        Ok(())
     }
 }
+
+/// PostgreSQL: one array per field, unnested server-side, each key found by its own index
+/// probe. The `LIMIT 1` (a key is unique anyway) keeps the planner from flattening the probe
+/// into a join that scans the consumer group's rows once per key while statistics are stale:
+/// 17 s instead of 7 ms for 500 keys among 200,000 rows, measured here.
+fn postgres_complete<'a>(
+    topic: &'a str,
+    group_id: &'a str,
+    rows: &[&'a NewEvent<'a>],
+) -> BoxedSqlQuery<'a, diesel::pg::Pg, SqlQuery> {
+    fn column<'a, T>(rows: &[&'a NewEvent<'a>], f: impl Fn(&'a NewEvent<'a>) -> T) -> Vec<T> {
+        rows.iter().map(|row| f(row)).collect()
+    }
+    diesel::sql_query(
+        "UPDATE checkpoint_events AS e SET entity_id = v.entity_id, event_time = v.event_time, \
+         event_type = v.event_type, event_version = v.event_version FROM (SELECT p.id, \
+         k.entity_id, k.event_time, k.event_type, k.event_version FROM unnest($1::text[], \
+         $2::text[], $3::timestamp[], $4::text[], $5::text[]) AS k(checksum, entity_id, \
+         event_time, event_type, event_version) CROSS JOIN LATERAL (SELECT id FROM \
+         checkpoint_events WHERE topic = $6 AND group_id = $7 AND checksum = k.checksum \
+         LIMIT 1) AS p) AS v WHERE e.id = v.id",
+    )
+    .into_boxed::<diesel::pg::Pg>()
+    .bind::<Array<Text>, _>(column(rows, |r| r.checksum))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.entity_id))
+    .bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.event_time))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.event_type))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.event_version))
+    .bind::<Text, _>(topic)
+    .bind::<Text, _>(group_id)
+}
+
+/// `UPDATE … SET field = CASE checksum WHEN ? THEN ? … ELSE field END, … WHERE topic = ? AND
+/// group_id = ? AND checksum IN (…)` for SQLite and MySQL: every key is an equality on the
+/// unique dedup key, so MySQL locks only the batch's own rows, which it holds already.
+fn case_complete_sql(rows: usize) -> String {
+    let mut sql = String::from("UPDATE checkpoint_events SET ");
+    for (i, field) in FIELDS.iter().enumerate() {
+        sql.push_str(if i == 0 { "" } else { ", " });
+        sql.push_str(field);
+        sql.push_str(" = CASE checksum");
+        sql.push_str(&" WHEN ? THEN ?".repeat(rows));
+        sql.push_str(" ELSE ");
+        sql.push_str(field);
+        sql.push_str(" END");
+    }
+    sql.push_str(" WHERE topic = ? AND group_id = ? AND checksum IN (");
+    sql.push_str(&vec!["?"; rows].join(", "));
+    sql.push(')');
+    sql
+}
+
+/// Binds [`case_complete_sql`]'s parameters for backend `$db`.
+macro_rules! case_complete {
+    ($db:ty, $topic:expr, $group_id:expr, $rows:expr) => {{
+        let rows: &[&NewEvent<'_>] = $rows;
+        let mut query = diesel::sql_query(case_complete_sql(rows.len())).into_boxed::<$db>();
+        for row in rows {
+            query = query
+                .bind::<Text, _>(row.checksum)
+                .bind::<Nullable<Text>, _>(row.entity_id);
+        }
+        for row in rows {
+            query = query
+                .bind::<Text, _>(row.checksum)
+                .bind::<Nullable<Timestamp>, _>(row.event_time);
+        }
+        for row in rows {
+            query = query
+                .bind::<Text, _>(row.checksum)
+                .bind::<Nullable<Text>, _>(row.event_type);
+        }
+        for row in rows {
+            query = query
+                .bind::<Text, _>(row.checksum)
+                .bind::<Nullable<Text>, _>(row.event_version);
+        }
+        query = query.bind::<Text, _>($topic).bind::<Text, _>($group_id);
+        for row in rows {
+            query = query.bind::<Text, _>(row.checksum);
+        }
+        query
+    }};
+}
+use case_complete;

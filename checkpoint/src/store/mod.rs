@@ -17,6 +17,7 @@ mod pooled;
 mod queries;
 pub mod schema;
 mod tls;
+mod transaction;
 pub(crate) mod url;
 mod validate;
 
@@ -244,39 +245,6 @@ impl<'c> Conn<'c> {
             source,
         }
     }
-
-    /// Opens a transaction (a savepoint when one is already open).
-    pub(crate) async fn begin(&mut self) -> StoreResult<()> {
-        let result = dispatch!(self, c => begin_on(&mut **c).await);
-        result.map_err(|e| self.query_error(e))
-    }
-
-    /// Commits the innermost open transaction.
-    pub(crate) async fn commit(&mut self) -> StoreResult<()> {
-        let result = dispatch!(self, c => commit_on(&mut **c).await);
-        result.map_err(|e| self.query_error(e))
-    }
-
-    /// Rolls back the innermost open transaction.
-    pub(crate) async fn rollback(&mut self) -> StoreResult<()> {
-        let result = dispatch!(self, c => rollback_on(&mut **c).await);
-        result.map_err(|e| self.query_error(e))
-    }
-}
-
-async fn begin_on<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
-    use diesel_async::TransactionManager;
-    C::TransactionManager::begin_transaction(c).await
-}
-
-async fn commit_on<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
-    use diesel_async::TransactionManager;
-    C::TransactionManager::commit_transaction(c).await
-}
-
-async fn rollback_on<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<()> {
-    use diesel_async::TransactionManager;
-    C::TransactionManager::rollback_transaction(c).await
 }
 
 impl<'c> From<&'c mut SqliteConn> for Conn<'c> {
