@@ -140,8 +140,14 @@ impl<'a> Attempt<'a> {
 
     /// Calls `consume`, with the open transaction in transactional mode, catching a panic and
     /// bounding it by `handler_timeout`.
-    pub(super) async fn consume(&self, conn: Option<Conn<'_>>) -> Called {
+    ///
+    /// A transaction the handler opened on that connection and left open (it panicked inside
+    /// it) is rolled back afterwards, and an `Ok` from such a call becomes an error of class
+    /// `transaction_left_open`; were the rollback to fail, the connection counts as
+    /// interrupted.
+    pub(super) async fn consume(&self, mut conn: Option<Conn<'_>>) -> Called {
         crash::reach(CrashPoint::BeforeConsume);
+        let depth = conn.as_mut().map(Conn::transaction_depth);
         let mut ctx = Context::new(&self.metadata, conn);
         let call = AssertUnwindSafe(async {
             crash::inside(self.handler.consume(self.message, &mut ctx)).await
@@ -159,10 +165,53 @@ impl<'a> Attempt<'a> {
                 }
             },
         };
-        Called {
-            result: caught
-                .unwrap_or_else(|payload| Err(HandlerError::panicked("consume", &*payload))),
-            interrupted: false,
+        let result =
+            caught.unwrap_or_else(|payload| Err(HandlerError::panicked("consume", &*payload)));
+        let (Some(depth), Ok(conn)) = (depth, ctx.tx()) else {
+            return Called {
+                result,
+                interrupted: false,
+            };
+        };
+        let closed = match depth {
+            Ok(depth) => conn.close_transactions_above(depth).await,
+            Err(error) => Err(error),
+        };
+        match closed {
+            Ok(0) => Called {
+                result,
+                interrupted: false,
+            },
+            // Returned normally with its own transaction open: what it wrote there was never
+            // committed by the handler, so acking would keep the event without those writes.
+            Ok(_) if result.is_ok() => Called {
+                result: Err(HandlerError::with_class(
+                    "transaction_left_open",
+                    "consume returned with a transaction of its own still open; it was rolled back",
+                )),
+                interrupted: false,
+            },
+            Ok(_) => Called {
+                result,
+                interrupted: false,
+            },
+            Err(error) => {
+                tracing::warn!(
+                    target: "checkpoint", topic = %self.message.topic,
+                    partition = self.message.partition, offset = self.message.offset, %error,
+                    "a transaction consume left open could not be rolled back; the connection \
+                     is closed and the message tried again"
+                );
+                Called {
+                    result: Err(HandlerError::with_class(
+                        "transaction_left_open",
+                        format!(
+                            "consume left a transaction open that could not be rolled back: {error}"
+                        ),
+                    )),
+                    interrupted: true,
+                }
+            }
         }
     }
 

@@ -119,6 +119,54 @@ async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
     db.cleanup().await;
 }
 
+/// A transactional handler that panics inside a transaction of its own leaves diesel's
+/// transaction manager one level deep; the panic must still end as a failure row, with the
+/// rest of the batch committed and nothing of the panicking message kept.
+async fn a_panic_inside_the_handlers_own_transaction_fails_only_its_message(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    let origin = Origin::new("billing");
+    let handler = Scripted::new(Step::Ack)
+        .script(&[Step::Ack, Step::PanicInOwnTransaction, Step::Ack])
+        .max_retries(Some(0))
+        .transactional();
+    let outcome = engine
+        .process_batch(&handler, &batch(&["a", "b", "c"]), &origin, 0)
+        .await
+        .expect("batch");
+    assert_eq!(kinds(&outcome.settled), ["ack", "failed", "ack"]);
+    assert_eq!(db.event_count().await, 2, "a and c are stored");
+    for (token, count) in [("a", 1), ("b", 0), ("b-inner", 0), ("c", 1)] {
+        assert_eq!(db.side_effects(token).await, count, "{token}");
+    }
+    let failures = db
+        .store
+        .list_failures(&ListQuery::default())
+        .await
+        .expect("failures");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].offset, 11, "b failed");
+    // One message on its own, in transactional mode: the same.
+    let outcome = engine
+        .process(
+            &Scripted::new(Step::PanicInOwnTransaction)
+                .max_retries(Some(0))
+                .transactional(),
+            &Message::new("orders", 0, 20, "d"),
+            &origin,
+            0,
+        )
+        .await
+        .expect("single");
+    assert_eq!(kinds(&[outcome]), ["failed"]);
+    assert_eq!(db.event_count().await, 2);
+    assert_eq!(
+        db.side_effects("d").await + db.side_effects("d-inner").await,
+        0
+    );
+    db.cleanup().await;
+}
+
 async fn per_message_batches(db: TestDb) {
     outcomes_are_per_message(db, false).await;
 }
@@ -239,6 +287,7 @@ async fn the_next_batch_is_checked_while_this_one_runs(db: TestDb) {
 on_every_backend!(
     per_message_batches,
     transactional_batches,
+    a_panic_inside_the_handlers_own_transaction_fails_only_its_message,
     a_retryable_failure_ends_the_batch_after_what_came_before,
     the_next_batch_is_checked_while_this_one_runs,
 );

@@ -18,6 +18,9 @@ pub enum Step {
     Skip,
     Fail,
     FailPermanent,
+    /// Writes a second side effect (`<token>-inner`) inside a transaction of the handler's own,
+    /// opened on the checkpoint transaction, and panics inside it (transactional only).
+    PanicInOwnTransaction,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,12 +146,17 @@ impl Handler for Scripted {
                 .expect("script")
                 .pop_front()
                 .unwrap_or(self.default);
+            if step == Step::PanicInOwnTransaction {
+                let token = format!("{}-inner", String::from_utf8_lossy(&message.payload));
+                panic_in_own_transaction(ctx.tx()?, token).await;
+            }
             match step {
-                Step::Ack => Ok(
-                    Outcome::ack(format!("entity-{}", message.offset), event_time())
-                        .with_event_type("created")
-                        .with_event_version("v1"),
-                ),
+                Step::Ack | Step::PanicInOwnTransaction => Ok(Outcome::ack(
+                    format!("entity-{}", message.offset),
+                    event_time(),
+                )
+                .with_event_type("created")
+                .with_event_version("v1")),
                 Step::Skip => Ok(Outcome::skip()),
                 Step::Fail => Err(Refused(std::io::Error::other("connection reset")).into()),
                 Step::FailPermanent => Err(HandlerError::permanent(Refused(
@@ -184,5 +192,33 @@ impl Handler for Scripted {
         self.extractors
             .then(|| Self::field(message, "version"))
             .flatten()
+    }
+}
+
+/// Opens a diesel transaction of the handler's own on `conn` (a savepoint inside the checkpoint
+/// transaction), writes `token` in it and panics there, as a handler bug would: diesel's
+/// transaction manager is left one level deeper than the engine set it.
+async fn panic_in_own_transaction(conn: &mut checkpoint::store::Conn<'_>, token: String) {
+    use checkpoint::store::Conn;
+    use diesel::prelude::*;
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    macro_rules! write_and_panic {
+        ($c:expr) => {{
+            let _: Result<(), diesel::result::Error> = $c
+                .transaction(async |c| {
+                    diesel::insert_into(side_effects::table)
+                        .values(side_effects::token.eq(&token))
+                        .execute(c)
+                        .await?;
+                    panic!("bug inside the handler's own transaction")
+                })
+                .await;
+        }};
+    }
+    match conn {
+        Conn::Sqlite(c) => write_and_panic!(c),
+        Conn::Postgres(c) => write_and_panic!(c),
+        Conn::Mysql(c) => write_and_panic!(c),
+        other => panic!("no test for {other:?}"),
     }
 }
