@@ -13,8 +13,13 @@ use super::queries::INSERT_CHUNK;
 use super::validate::validate_event;
 use super::{Conn, StoreResult};
 
-/// The acknowledgement fields, in the order both statements set them.
-const FIELDS: [&str; 4] = ["entity_id", "event_time", "event_type", "event_version"];
+/// The acknowledgement fields, in the order the SQLite and MySQL statement sets them: the time,
+/// then the texts of [`TEXT_FIELDS`].
+const FIELDS: [&str; 4] = ["event_time", "entity_id", "event_type", "event_version"];
+
+/// The text fields among [`FIELDS`], in the same order.
+const TEXT_FIELDS: [for<'a> fn(&NewEvent<'a>) -> Option<&'a str>; 3] =
+    [|r| r.entity_id, |r| r.event_type, |r| r.event_version];
 
 impl Conn<'_> {
     /// Sets the acknowledgement fields of events claimed earlier in this transaction (stored
@@ -115,22 +120,14 @@ macro_rules! case_complete {
         for row in rows {
             query = query
                 .bind::<Text, _>(row.checksum)
-                .bind::<Nullable<Text>, _>(row.entity_id);
-        }
-        for row in rows {
-            query = query
-                .bind::<Text, _>(row.checksum)
                 .bind::<Nullable<Timestamp>, _>(row.event_time);
         }
-        for row in rows {
-            query = query
-                .bind::<Text, _>(row.checksum)
-                .bind::<Nullable<Text>, _>(row.event_type);
-        }
-        for row in rows {
-            query = query
-                .bind::<Text, _>(row.checksum)
-                .bind::<Nullable<Text>, _>(row.event_version);
+        for field in TEXT_FIELDS {
+            for row in rows {
+                query = query
+                    .bind::<Text, _>(row.checksum)
+                    .bind::<Nullable<Text>, _>(field(row));
+            }
         }
         query = query.bind::<Text, _>($topic).bind::<Text, _>($group_id);
         for row in rows {
