@@ -88,8 +88,8 @@ pub(super) struct Attempt<'a> {
 /// How a call of `consume` ended.
 pub(super) struct Called {
     pub(super) result: Result<Outcome, HandlerError>,
-    /// The call was dropped mid-flight (`handler_timeout`): a connection it used is in an
-    /// unknown state.
+    /// The call was dropped mid-flight (`handler_timeout`), or left the checkpoint transaction
+    /// in a state that could not be restored: the connection is in an unknown state.
     pub(super) interrupted: bool,
 }
 
@@ -142,12 +142,15 @@ impl<'a> Attempt<'a> {
     /// bounding it by `handler_timeout`.
     ///
     /// A transaction the handler opened on that connection and left open (it panicked inside
-    /// it) is rolled back afterwards, and an `Ok` from such a call becomes an error of class
-    /// `transaction_left_open`; were the rollback to fail, the connection counts as
-    /// interrupted.
+    /// it) is rolled back afterwards, and an ack from such a call becomes a permanent error of
+    /// class `transaction_left_open`. When that rollback fails, or the handler ended the
+    /// checkpoint transaction itself, the call counts as interrupted.
     pub(super) async fn consume(&self, mut conn: Option<Conn<'_>>) -> Called {
         crash::reach(CrashPoint::BeforeConsume);
-        let depth = conn.as_mut().map(Conn::transaction_depth);
+        let depth = match conn.as_mut() {
+            Some(conn) => Some(conn.transaction_depth().await),
+            None => None,
+        };
         let mut ctx = Context::new(&self.metadata, conn);
         let call = AssertUnwindSafe(async {
             crash::inside(self.handler.consume(self.message, &mut ctx)).await
@@ -178,17 +181,16 @@ impl<'a> Attempt<'a> {
             Err(error) => Err(error),
         };
         match closed {
-            Ok(0) => Called {
-                result,
-                interrupted: false,
-            },
-            // Returned normally with its own transaction open: what it wrote there was never
-            // committed by the handler, so acking would keep the event without those writes.
-            Ok(_) if result.is_ok() => Called {
+            // Acked with its own transaction open: what it wrote there was never committed by
+            // the handler, and acking would keep the event without those writes. A bug in the
+            // handler, so permanent (it would do the same again); a skip or an error already
+            // gives its writes up.
+            Ok(closed) if closed > 0 && matches!(result, Ok(Outcome::Ack(_))) => Called {
                 result: Err(HandlerError::with_class(
                     "transaction_left_open",
-                    "consume returned with a transaction of its own still open; it was rolled back",
-                )),
+                    "consume acked with a transaction of its own still open; it was rolled back",
+                )
+                .into_permanent()),
                 interrupted: false,
             },
             Ok(_) => Called {
@@ -199,16 +201,19 @@ impl<'a> Attempt<'a> {
                 tracing::warn!(
                     target: "checkpoint", topic = %self.message.topic,
                     partition = self.message.partition, offset = self.message.offset, %error,
-                    "a transaction consume left open could not be rolled back; the connection \
-                     is closed and the message tried again"
+                    "consume left the checkpoint transaction in a state that could not be \
+                     restored; the connection is closed and nothing of this call is kept"
                 );
                 Called {
-                    result: Err(HandlerError::with_class(
-                        "transaction_left_open",
-                        format!(
-                            "consume left a transaction open that could not be rolled back: {error}"
-                        ),
-                    )),
+                    result: result.and_then(|_| {
+                        Err(HandlerError::with_class(
+                            "transaction_left_open",
+                            format!(
+                                "consume left the checkpoint transaction in a state that could \
+                                 not be restored: {error}"
+                            ),
+                        ))
+                    }),
                     interrupted: true,
                 }
             }

@@ -48,8 +48,9 @@ impl Rows for Direct {
 /// connection of its own (the default).
 struct Claimed {
     pooled: Option<PooledConn>,
-    /// `consume` was dropped mid-flight: the connection's state is unknown, so it is closed
-    /// rather than returned to the pool.
+    /// `consume` was dropped mid-flight or left the transaction in a state that could not be
+    /// restored: the connection's state is unknown, so it is closed rather than returned to
+    /// the pool.
     interrupted: bool,
 }
 

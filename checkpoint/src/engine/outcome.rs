@@ -81,9 +81,10 @@ pub struct BatchOutcome {
     /// this batch ends in a retry (its remaining messages may still store keys the check does
     /// not know).
     pub next_checked: Option<CheckedAhead>,
-    /// A `consume` call was cut off by `handler_timeout` inside the batch transaction: the
-    /// transaction and its connection were discarded, nothing of the batch is settled, and
-    /// its messages are taken one by one.
+    /// A `consume` call was cut off by `handler_timeout` inside the batch transaction, or left
+    /// that transaction in a state that could not be restored: the transaction and its
+    /// connection were discarded, nothing of the batch is settled, and its messages are taken
+    /// one by one.
     pub(crate) interrupted: bool,
 }
 

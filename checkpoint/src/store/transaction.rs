@@ -39,8 +39,15 @@ impl Conn<'_> {
 
     /// How many transactions and savepoints diesel's transaction manager has open on this
     /// connection.
-    pub(crate) fn transaction_depth(&mut self) -> StoreResult<u32> {
-        let depth = dispatch!(self, c => depth_of(&mut **c));
+    pub(crate) async fn transaction_depth(&mut self) -> StoreResult<u32> {
+        let depth = match self {
+            // The SQLite wrapper hands out its transaction state only while no query of its own
+            // is in flight, and panics otherwise (a handler may have dropped a query midway);
+            // on the wrapper's blocking thread the read waits for such a query to finish.
+            Conn::Sqlite(c) => c.spawn_blocking(sqlite_depth).await,
+            Conn::Postgres(c) => depth_of(&mut **c),
+            Conn::Mysql(c) => depth_of(&mut **c),
+        };
         depth.map_err(|e| self.query_error(e))
     }
 
@@ -48,14 +55,22 @@ impl Conn<'_> {
     /// panicked inside its own `transaction`), down to `depth`, the depth the engine handed the
     /// connection over at. Without this, the engine's next commit would only release the
     /// handler's savepoint, and the checkpoint transaction would never be committed. Returns
-    /// how many it rolled back.
+    /// how many it rolled back. Fewer than `depth` open means the handler ended the engine's
+    /// own transaction: an error, as for a broken transaction manager, since nothing the
+    /// engine does next on this connection could be trusted.
     pub(crate) async fn close_transactions_above(&mut self, depth: u32) -> StoreResult<u32> {
         let mut closed = 0;
-        while self.transaction_depth()? > depth {
+        loop {
+            let open = self.transaction_depth().await?;
+            if open == depth {
+                return Ok(closed);
+            }
+            if open < depth {
+                return Err(self.query_error(diesel::result::Error::BrokenTransactionManager));
+            }
             self.rollback().await?;
             closed += 1;
         }
-        Ok(closed)
     }
 
     /// Sets the savepoint of the next message of a transactional batch. Unless it is the batch's
@@ -78,6 +93,15 @@ impl Conn<'_> {
 
 fn depth_of<C: AsyncConnection>(c: &mut C) -> diesel::QueryResult<u32> {
     let status = C::TransactionManager::transaction_manager_status_mut(c);
+    Ok(status.transaction_depth()?.map_or(0, NonZeroU32::get))
+}
+
+fn sqlite_depth(c: &mut diesel::SqliteConnection) -> diesel::QueryResult<u32> {
+    use diesel::connection::{Connection, TransactionManager as _};
+    let status =
+        <diesel::SqliteConnection as Connection>::TransactionManager::transaction_manager_status_mut(
+            c,
+        );
     Ok(status.transaction_depth()?.map_or(0, NonZeroU32::get))
 }
 

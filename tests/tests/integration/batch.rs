@@ -2,7 +2,7 @@
 //! claim) for many messages, outcomes per message.
 
 use crate::support::TestDb;
-use crate::support::handlers::{Scripted, Step};
+use crate::support::handlers::{Scripted, Step, event_time};
 use checkpoint::prelude::*;
 use checkpoint::store::ListQuery;
 use checkpoint::{Disposition, Engine, Origin};
@@ -88,15 +88,30 @@ async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
         .list_events(&ListQuery::default())
         .await
         .expect("events");
-    let mut stored: Vec<(i64, Option<String>, bool)> = events
+    type Fields = (
+        i64,
+        Option<String>,
+        Option<chrono::NaiveDateTime>,
+        Option<String>,
+    );
+    let mut stored: Vec<Fields> = events
         .iter()
         .filter(|e| e.offset >= 10)
-        .map(|e| (e.offset, e.entity_id.clone(), e.event_time.is_some()))
+        .map(|e| {
+            let kind = e.event_type.clone();
+            (e.offset, e.entity_id.clone(), e.event_time, kind)
+        })
         .collect();
     stored.sort();
+    let at = Some(event_time().naive_utc());
     assert_eq!(
         stored,
-        [10, 15, 16].map(|offset| (offset, Some(format!("entity-{offset}")), true)),
+        [10, 15, 16].map(|offset| (
+            offset,
+            Some(format!("entity-{offset}")),
+            at,
+            Some("created".to_owned())
+        )),
         "each acked event is stored once, with its ack's fields"
     );
     assert_eq!(
@@ -121,7 +136,8 @@ async fn outcomes_are_per_message(db: TestDb, transactional: bool) {
 
 /// A transactional handler that panics inside a transaction of its own leaves diesel's
 /// transaction manager one level deep; the panic must still end as a failure row, with the
-/// rest of the batch committed and nothing of the panicking message kept.
+/// rest of the batch committed and nothing of the panicking message kept. A handler that acks
+/// with its own transaction still open fails for good, in both modes.
 async fn a_panic_inside_the_handlers_own_transaction_fails_only_its_message(db: TestDb) {
     db.create_side_effects_table().await;
     let engine = Engine::new(db.store.clone());
@@ -164,6 +180,35 @@ async fn a_panic_inside_the_handlers_own_transaction_fails_only_its_message(db: 
         db.side_effects("d").await + db.side_effects("d-inner").await,
         0
     );
+    // Acking with a transaction of its own still open fails the message for good (retries
+    // allowed, none made), and nothing it wrote is kept.
+    let leaves_open = Scripted::new(Step::AckLeavingOwnTransactionOpen)
+        .max_retries(Some(3))
+        .transactional();
+    for (offset, token) in [(21, "e"), (22, "f")] {
+        let message = Message::new("orders", 0, offset, token);
+        let outcome = if offset == 21 {
+            engine.process(&leaves_open, &message, &origin, 0).await
+        } else {
+            engine
+                .process_batch(&leaves_open, std::slice::from_ref(&message), &origin, 0)
+                .await
+                .map(|batch| batch.settled.into_iter().next().expect("settled"))
+        };
+        match outcome.expect(token) {
+            Disposition::Failed { error, .. } => {
+                assert_eq!(error.class(), "transaction_left_open", "{token}");
+            }
+            other => panic!("{token}: {other:?}"),
+        }
+        let inner = format!("{token}-inner");
+        assert_eq!(
+            db.side_effects(token).await + db.side_effects(&inner).await,
+            0
+        );
+    }
+    assert_eq!(leaves_open.calls(), 2, "no retry of a permanent error");
+    assert_eq!(db.event_count().await, 2);
     db.cleanup().await;
 }
 

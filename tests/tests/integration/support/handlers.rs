@@ -21,6 +21,9 @@ pub enum Step {
     /// Writes a second side effect (`<token>-inner`) inside a transaction of the handler's own,
     /// opened on the checkpoint transaction, and panics inside it (transactional only).
     PanicInOwnTransaction,
+    /// Opens a transaction of its own, writes `<token>-inner` in it and acks without closing
+    /// it (transactional only).
+    AckLeavingOwnTransactionOpen,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,17 +149,20 @@ impl Handler for Scripted {
                 .expect("script")
                 .pop_front()
                 .unwrap_or(self.default);
-            if step == Step::PanicInOwnTransaction {
-                let token = format!("{}-inner", String::from_utf8_lossy(&message.payload));
-                panic_in_own_transaction(ctx.tx()?, token).await;
+            let inner = format!("{}-inner", String::from_utf8_lossy(&message.payload));
+            match step {
+                Step::PanicInOwnTransaction => in_own_transaction(ctx.tx()?, inner, true).await,
+                Step::AckLeavingOwnTransactionOpen => {
+                    in_own_transaction(ctx.tx()?, inner, false).await
+                }
+                _ => {}
             }
             match step {
-                Step::Ack | Step::PanicInOwnTransaction => Ok(Outcome::ack(
-                    format!("entity-{}", message.offset),
-                    event_time(),
-                )
-                .with_event_type("created")
-                .with_event_version("v1")),
+                Step::Ack | Step::PanicInOwnTransaction | Step::AckLeavingOwnTransactionOpen => Ok(
+                    Outcome::ack(format!("entity-{}", message.offset), event_time())
+                        .with_event_type("created")
+                        .with_event_version("v1"),
+                ),
                 Step::Skip => Ok(Outcome::skip()),
                 Step::Fail => Err(Refused(std::io::Error::other("connection reset")).into()),
                 Step::FailPermanent => Err(HandlerError::permanent(Refused(
@@ -196,29 +202,47 @@ impl Handler for Scripted {
 }
 
 /// Opens a diesel transaction of the handler's own on `conn` (a savepoint inside the checkpoint
-/// transaction), writes `token` in it and panics there, as a handler bug would: diesel's
-/// transaction manager is left one level deeper than the engine set it.
-async fn panic_in_own_transaction(conn: &mut checkpoint::store::Conn<'_>, token: String) {
+/// transaction) and writes `token` in it; then panics there when `panic`, else returns with it
+/// still open. Either way, as a handler bug would, diesel's transaction manager is left one
+/// level deeper than the engine set it.
+async fn in_own_transaction(conn: &mut checkpoint::store::Conn<'_>, token: String, panic: bool) {
     use checkpoint::store::Conn;
     use diesel::prelude::*;
-    use diesel_async::{AsyncConnection, RunQueryDsl};
-    macro_rules! write_and_panic {
-        ($c:expr) => {{
-            let _: Result<(), diesel::result::Error> = $c
-                .transaction(async |c| {
-                    diesel::insert_into(side_effects::table)
-                        .values(side_effects::token.eq(&token))
-                        .execute(c)
-                        .await?;
-                    panic!("bug inside the handler's own transaction")
-                })
-                .await;
+    use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
+    macro_rules! write_in_own {
+        ($c:expr, $manager:ty) => {{
+            if panic {
+                let _: Result<(), diesel::result::Error> = $c
+                    .transaction(async |c| {
+                        diesel::insert_into(side_effects::table)
+                            .values(side_effects::token.eq(&token))
+                            .execute(c)
+                            .await?;
+                        panic!("bug inside the handler's own transaction")
+                    })
+                    .await;
+            }
+            <$manager>::begin_transaction($c).await.expect("begin");
+            diesel::insert_into(side_effects::table)
+                .values(side_effects::token.eq(&token))
+                .execute($c)
+                .await
+                .expect("write");
         }};
     }
     match conn {
-        Conn::Sqlite(c) => write_and_panic!(c),
-        Conn::Postgres(c) => write_and_panic!(c),
-        Conn::Mysql(c) => write_and_panic!(c),
+        Conn::Sqlite(c) => write_in_own!(
+            &mut **c,
+            <checkpoint::store::SqliteConn as AsyncConnection>::TransactionManager
+        ),
+        Conn::Postgres(c) => write_in_own!(
+            &mut **c,
+            <checkpoint::store::AsyncPgConnection as AsyncConnection>::TransactionManager
+        ),
+        Conn::Mysql(c) => write_in_own!(
+            &mut **c,
+            <checkpoint::store::AsyncMysqlConnection as AsyncConnection>::TransactionManager
+        ),
         other => panic!("no test for {other:?}"),
     }
 }
