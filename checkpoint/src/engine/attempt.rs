@@ -85,6 +85,11 @@ pub(super) struct Attempt<'a> {
     pub(super) unusable: Option<Unusable>,
 }
 
+/// How many transactions are open on the connection `consume` is handed: the engine's own,
+/// and nothing else. Known, not read: on SQLite every read of diesel's transaction state is a
+/// hop to the blocking pool, and the one after the call is enough.
+const HANDED_OVER_AT: u32 = 1;
+
 /// How a call of `consume` ended.
 pub(super) struct Called {
     pub(super) result: Result<Outcome, HandlerError>,
@@ -145,12 +150,12 @@ impl<'a> Attempt<'a> {
     /// it) is rolled back afterwards, and an ack from such a call becomes a permanent error of
     /// class `transaction_left_open`. When that rollback fails, or the handler ended the
     /// checkpoint transaction itself, the call counts as interrupted.
-    pub(super) async fn consume(&self, mut conn: Option<Conn<'_>>) -> Called {
+    ///
+    /// `conn`, when given, holds exactly the engine's one transaction: the engine opens it on a
+    /// connection fresh from the pool, which never hands out one with a transaction open.
+    pub(super) async fn consume(&self, conn: Option<Conn<'_>>) -> Called {
         crash::reach(CrashPoint::BeforeConsume);
-        let depth = match conn.as_mut() {
-            Some(conn) => Some(conn.transaction_depth().await),
-            None => None,
-        };
+        let depth = conn.is_some().then_some(HANDED_OVER_AT);
         let mut ctx = Context::new(&self.metadata, conn);
         let call = AssertUnwindSafe(async {
             crash::inside(self.handler.consume(self.message, &mut ctx)).await
@@ -176,11 +181,7 @@ impl<'a> Attempt<'a> {
                 interrupted: false,
             };
         };
-        let closed = match depth {
-            Ok(depth) => conn.close_transactions_above(depth).await,
-            Err(error) => Err(error),
-        };
-        match closed {
+        match conn.close_transactions_above(depth).await {
             // Acked with its own transaction open: what it wrote there was never committed by
             // the handler, and acking would keep the event without those writes. A bug in the
             // handler, so permanent (it would do the same again); a skip or an error already
