@@ -4,11 +4,10 @@
 //! prepared inserts in one transaction). Both write the same rows into the same
 //! `checkpoint_events` table with its indexes, and are verified as every mode is.
 
-use std::time::Instant;
-
 use chrono::{NaiveDateTime, Utc};
 use indicatif::ProgressBar;
 
+use super::stopwatch::{Span, Stopwatch};
 use super::{BenchError, BenchOrder, Database, Mode, partition_count, payload};
 use checkpoint::__private::{RawConnection, raw_connection};
 use checkpoint::message::checksum;
@@ -96,11 +95,11 @@ impl Load<'_> {
     }
 
     /// `db-ceiling`: 500-row `INSERT … ON CONFLICT DO NOTHING` statements, each autocommitted.
-    pub(super) async fn db_ceiling(&self) -> Result<f64, BenchError> {
+    pub(super) async fn db_ceiling(&self) -> Result<Span, BenchError> {
         let topic = self.topic();
         let mut pooled = self.db.store.conn().await.map_err(|e| self.db.error(e))?;
         let mut conn = pooled.conn();
-        let started = Instant::now();
+        let stopwatch = Stopwatch::start();
         let now = Utc::now().naive_utc();
         for start in (0..self.messages).step_by(CHUNK) {
             let end = (start + CHUNK).min(self.messages);
@@ -115,11 +114,11 @@ impl Load<'_> {
             self.bar
                 .set_position(u64::try_from(end).unwrap_or(u64::MAX));
         }
-        Ok(started.elapsed().as_secs_f64())
+        Ok(stopwatch.stop())
     }
 
     /// `copy-ceiling`: the database's fastest bulk load of the same rows.
-    pub(super) async fn copy_ceiling(&self) -> Result<f64, BenchError> {
+    pub(super) async fn copy_ceiling(&self) -> Result<Span, BenchError> {
         let raw = raw_connection(self.db.store.url())
             .await
             .map_err(|e| self.failed(format!("connect: {e}")))?;
@@ -131,11 +130,11 @@ impl Load<'_> {
     }
 
     /// PostgreSQL: one binary `COPY … FROM STDIN` of every row.
-    async fn copy_postgres(&self, client: &tokio_postgres::Client) -> Result<f64, BenchError> {
+    async fn copy_postgres(&self, client: &tokio_postgres::Client) -> Result<Span, BenchError> {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
         use tokio_postgres::types::{ToSql, Type};
         let topic = self.topic();
-        let started = Instant::now();
+        let stopwatch = Stopwatch::start();
         let now = Utc::now().naive_utc();
         let sink = client
             .copy_in(
@@ -190,15 +189,15 @@ impl Load<'_> {
                 .set_position(u64::try_from(end).unwrap_or(u64::MAX));
         }
         writer.finish().await.map_err(|e| self.failed(e))?;
-        Ok(started.elapsed().as_secs_f64())
+        Ok(stopwatch.stop())
     }
 
     /// MySQL/MariaDB: one `LOAD DATA LOCAL INFILE` of every row, streamed from memory.
-    async fn load_data_mysql(&self, mut conn: mysql_async::Conn) -> Result<f64, BenchError> {
+    async fn load_data_mysql(&self, mut conn: mysql_async::Conn) -> Result<Span, BenchError> {
         use futures_util::StreamExt as _;
         use mysql_async::prelude::Queryable as _;
         let topic = self.topic();
-        let started = Instant::now();
+        let stopwatch = Stopwatch::start();
         let now = Utc::now().naive_utc();
         let mut chunks = Vec::new();
         for start in (0..self.messages).step_by(CHUNK) {
@@ -235,15 +234,15 @@ impl Load<'_> {
         )
         .await
         .map_err(|e| self.failed(e))?;
-        let seconds = started.elapsed().as_secs_f64();
+        let span = stopwatch.stop();
         self.bar
             .set_position(u64::try_from(self.messages).unwrap_or(u64::MAX));
         let _ = conn.disconnect().await;
-        Ok(seconds)
+        Ok(span)
     }
 
     /// SQLite: every row through one prepared `INSERT`, in one transaction.
-    async fn prepared_sqlite(&self) -> Result<f64, BenchError> {
+    async fn prepared_sqlite(&self) -> Result<Span, BenchError> {
         use diesel::RunQueryDsl as _;
         use diesel::connection::Connection as _;
         let mut pooled = self.db.store.conn().await.map_err(|e| self.db.error(e))?;
@@ -251,7 +250,7 @@ impl Load<'_> {
             return Err(self.failed("not a SQLite store"));
         };
         let topic = self.topic();
-        let started = Instant::now();
+        let stopwatch = Stopwatch::start();
         let now = Utc::now().naive_utc();
         let mut rows = Vec::with_capacity(self.messages);
         for start in (0..self.messages).step_by(CHUNK) {
@@ -272,7 +271,7 @@ impl Load<'_> {
         .map_err(|e| self.failed(e))?;
         self.bar
             .set_position(u64::try_from(self.messages).unwrap_or(u64::MAX));
-        Ok(started.elapsed().as_secs_f64())
+        Ok(stopwatch.stop())
     }
 }
 

@@ -10,6 +10,7 @@ mod ceiling;
 mod database;
 mod modes;
 mod report;
+mod stopwatch;
 mod workload;
 
 use std::fmt::Write as _;
@@ -36,6 +37,7 @@ use self::database::*;
 use self::modes::*;
 pub(crate) use self::report::render;
 use self::report::*;
+use self::stopwatch::{Span, Stopwatch, span_of};
 use self::workload::*;
 
 /// Partitions of the benchmark topic unless told otherwise.
@@ -291,6 +293,12 @@ pub(crate) struct BenchRow {
     pub vs_raw: Option<f64>,
     /// Peak resident memory of the process during the mode, in bytes (Linux).
     pub peak_rss_bytes: Option<u64>,
+    /// CPUs the bench process kept busy on average over `seconds` (Linux): SQLite's work is
+    /// in it, a server database's is not.
+    pub process_cpus: Option<f64>,
+    /// Share of the whole machine's CPU time that was busy over `seconds`, 0 to 1 (Linux):
+    /// this process, the database server and the broker together.
+    pub machine_busy: Option<f64>,
 }
 
 /// Everything a run measured, with the settings that produced it.
@@ -336,12 +344,6 @@ fn memory_total() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// One mode's measured run before ratios.
-struct Measured {
-    seconds: f64,
-    peak_rss: Option<u64>,
 }
 
 /// Partitions as a count (at least 1).
@@ -467,7 +469,7 @@ async fn measure(
                 partitions: options.partitions,
                 bar: &bar,
             };
-            let seconds = match (mode, db, &kafka) {
+            let span = match (mode, db, &kafka) {
                 (Mode::DbCeiling, Some(db), _) => load(db).db_ceiling().await?,
                 (Mode::CopyCeiling, Some(db), _) => load(db).copy_ceiling().await?,
                 (Mode::Raw, _, Some(kafka)) => raw(kafka, &topic, &group, expected, &bar).await?,
@@ -488,10 +490,7 @@ async fn measure(
                 }
                 _ => continue,
             };
-            let measured = Measured {
-                seconds,
-                peak_rss: peak_rss(),
-            };
+            let peak_rss_bytes = peak_rss();
             bar.finish_and_clear();
             if let Some(db) = db {
                 verify(db, mode, &group, expected).await?;
@@ -502,13 +501,15 @@ async fn measure(
                 backend: db.map(|d| d.store.backend()),
                 database: name.to_owned(),
                 messages: expected,
-                seconds: measured.seconds,
-                messages_per_second: expected as f64 / measured.seconds.max(1e-9),
+                seconds: span.seconds,
+                messages_per_second: expected as f64 / span.seconds.max(1e-9),
                 vs_naive: None,
                 vs_db_ceiling: None,
                 vs_copy_ceiling: None,
                 vs_raw: None,
-                peak_rss_bytes: measured.peak_rss,
+                peak_rss_bytes,
+                process_cpus: span.process_cpus,
+                machine_busy: span.machine_busy,
             });
         }
     }
@@ -573,6 +574,8 @@ mod tests {
             vs_copy_ceiling: None,
             vs_raw: None,
             peak_rss_bytes: None,
+            process_cpus: None,
+            machine_busy: None,
         };
         let rows = with_ratios(vec![
             row(Mode::Raw, "-", 100.0),

@@ -128,7 +128,7 @@ pub(super) async fn raw(
     group: &str,
     expected: u64,
     bar: &ProgressBar,
-) -> Result<f64, BenchError> {
+) -> Result<Span, BenchError> {
     let consumer = subscribe(kafka, topic, group)?;
     let mut next = vec![0i64; partition_count(kafka.partitions)];
     let mut received = 0u64;
@@ -138,7 +138,7 @@ pub(super) async fn raw(
         let message = progress
             .next_message(&consumer, received, expected, Mode::Raw, "-")
             .await?;
-        started.get_or_insert_with(Instant::now);
+        started.get_or_insert_with(Stopwatch::start);
         let slot = usize::try_from(message.partition())
             .ok()
             .and_then(|p| next.get_mut(p));
@@ -162,7 +162,7 @@ pub(super) async fn raw(
             bar.set_position(received);
         }
     }
-    Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+    Ok(span_of(started))
 }
 
 /// A message as `naive`'s workers take it.
@@ -186,7 +186,7 @@ pub(super) struct Naive<'a> {
 }
 
 impl Naive<'_> {
-    pub(super) async fn run(&self, connections: usize) -> Result<f64, BenchError> {
+    pub(super) async fn run(&self, connections: usize) -> Result<Span, BenchError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         let consumer = subscribe(self.kafka, self.topic, self.group)?;
         let done = AtomicU64::new(0);
@@ -207,7 +207,7 @@ impl Naive<'_> {
                         &self.db.label,
                     )
                     .await?;
-                started.get_or_insert_with(Instant::now);
+                started.get_or_insert_with(Stopwatch::start);
                 let share = usize::try_from(message.partition()).unwrap_or(0) % connections;
                 let item = Received {
                     partition: message.partition(),
@@ -239,7 +239,7 @@ impl Naive<'_> {
         let (received, served) = tokio::join!(receive, work);
         received?;
         served?;
-        Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+        Ok(span_of(started))
     }
 
     /// One connection's share: check, then insert, message by message.
@@ -325,7 +325,7 @@ pub(super) async fn listen(
     mode: Mode,
     expected: u64,
     bar: &ProgressBar,
-) -> Result<f64, BenchError> {
+) -> Result<Span, BenchError> {
     let listener = Listener::new(spec, Engine::new(db.store.clone()));
     let stats: Arc<ListenerStats> = listener.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -337,7 +337,7 @@ pub(super) async fn listen(
     let outcome = loop {
         let snapshot = stats.snapshot();
         if snapshot.received > 0 {
-            started.get_or_insert_with(Instant::now);
+            started.get_or_insert_with(Stopwatch::start);
         }
         bar.set_position(snapshot.settled());
         if snapshot.settled() >= expected {
@@ -351,7 +351,7 @@ pub(super) async fn listen(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let span = span_of(started);
     let _ = stop.send(());
     match task.await {
         Ok(result) => result.map_err(kafka_err)?,
@@ -365,5 +365,5 @@ pub(super) async fn listen(
             what: format!("listener counters {snapshot:?} for {expected} messages"),
         });
     }
-    Ok(seconds)
+    Ok(span)
 }

@@ -48,7 +48,7 @@ pub(crate) fn render(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<20} {:<40} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "\n{:<20} {:<40} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
         "mode",
         "database",
         "messages",
@@ -58,7 +58,9 @@ pub(crate) fn render(report: &BenchReport) -> String {
         "x ceil",
         "x copy",
         "x raw",
-        "peak RSS"
+        "peak RSS",
+        "proc CPU",
+        "busy"
     );
     let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
     for row in &report.rows {
@@ -67,7 +69,7 @@ pub(crate) fn render(report: &BenchReport) -> String {
             .map_or_else(|| "-".to_owned(), |b| format!("{:.0} MiB", mib(b)));
         let _ = writeln!(
             out,
-            "{:<20} {:<40} {:>9} {:>8.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "{:<20} {:<40} {:>9} {:>8.2} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
             row.mode.name(),
             truncate(&row.database, 40),
             row.messages,
@@ -77,7 +79,10 @@ pub(crate) fn render(report: &BenchReport) -> String {
             ratio(row.vs_db_ceiling),
             ratio(row.vs_copy_ceiling),
             ratio(row.vs_raw),
-            rss
+            rss,
+            ratio(row.process_cpus),
+            row.machine_busy
+                .map_or_else(|| "-".to_owned(), |b| format!("{:.0} %", b * 100.0))
         );
     }
     out
