@@ -152,7 +152,8 @@ impl<'a> Attempt<'a> {
     /// checkpoint transaction itself, the call counts as interrupted.
     ///
     /// `conn`, when given, holds exactly the engine's one transaction: the engine opens it on a
-    /// connection fresh from the pool, which never hands out one with a transaction open.
+    /// connection from the pool, which never hands out one with a transaction open, and in a
+    /// batch each call ends with that depth restored (or the connection discarded).
     pub(super) async fn consume(&self, conn: Option<Conn<'_>>) -> Called {
         crash::reach(CrashPoint::BeforeConsume);
         let depth = conn.is_some().then_some(HANDED_OVER_AT);
