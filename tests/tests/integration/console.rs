@@ -585,9 +585,25 @@ async fn the_console_in_a_browser() {
         }
     }
     assert!(presses > 1, "the button was reached with the keyboard");
-    let focused = client.active_element().await.expect("focus");
-    assert_eq!(focused.text().await.expect("label"), "Resume");
-    focused.send_keys("\u{e007}").await.expect("Enter");
+    // A redraw between finding the focused button and pressing Enter replaces it (the console
+    // moves the focus to the new one). WebDriver refuses a stale element before it sends any
+    // key, so the press did not happen, and is made again on the button now focused.
+    let mut stale = 0;
+    loop {
+        let focused = client.active_element().await.expect("focus");
+        let pressed = match focused.text().await {
+            Ok(label) => {
+                assert_eq!(label, "Resume");
+                focused.send_keys("\u{e007}").await
+            }
+            Err(error) => Err(error),
+        };
+        match pressed {
+            Ok(()) => break,
+            Err(error) if error.is_stale_element_reference() && stale < 5 => stale += 1,
+            Err(error) => panic!("Enter on the Resume button: {error}"),
+        }
+    }
     assert_eq!(answer(&client).await, "200: partition 0 resumed");
     let started = Instant::now();
     while db.event_count().await < before + 8 {
