@@ -156,7 +156,7 @@ impl<'a> Attempt<'a> {
     /// batch each call ends with that depth restored (or the connection discarded).
     pub(super) async fn consume(&self, conn: Option<Conn<'_>>) -> Called {
         crash::reach(CrashPoint::BeforeConsume);
-        let depth = conn.is_some().then_some(HANDED_OVER_AT);
+        let handed_over = conn.is_some();
         let mut ctx = Context::new(&self.metadata, conn);
         let call = AssertUnwindSafe(async {
             crash::inside(self.handler.consume(self.message, &mut ctx)).await
@@ -176,13 +176,13 @@ impl<'a> Attempt<'a> {
         };
         let result =
             caught.unwrap_or_else(|payload| Err(HandlerError::panicked("consume", &*payload)));
-        let (Some(depth), Ok(conn)) = (depth, ctx.tx()) else {
+        let (true, Ok(conn)) = (handed_over, ctx.tx()) else {
             return Called {
                 result,
                 interrupted: false,
             };
         };
-        match conn.close_transactions_above(depth).await {
+        match conn.close_transactions_above(HANDED_OVER_AT).await {
             // Acked with its own transaction open: what it wrote there was never committed by
             // the handler, and acking would keep the event without those writes. A bug in the
             // handler, so permanent (it would do the same again); a skip or an error already
