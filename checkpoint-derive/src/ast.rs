@@ -12,6 +12,8 @@ use crate::ctxt::{Ctxt, Once};
 
 /// The name of the fn that handles a message.
 pub(crate) const CONSUME: &str = "consume";
+/// The name of the fn that handles a transactional batch's new messages in one call.
+pub(crate) const CONSUME_BATCH: &str = "consume_batch";
 
 /// The helper attributes that mark extractor fns. Each one's name is also the name of the
 /// `Handler` method it implements.
@@ -88,6 +90,7 @@ pub(crate) struct ExtractorFn<'a> {
 pub(crate) struct Input<'a> {
     pub(crate) item: &'a ItemImpl,
     pub(crate) consume: Option<&'a ImplItemFn>,
+    pub(crate) consume_batch: Option<&'a ImplItemFn>,
     pub(crate) extractors: Vec<ExtractorFn<'a>>,
     /// False for generic impls, which get no stub `Handler` impl on error.
     pub(crate) can_implement: bool,
@@ -115,6 +118,8 @@ impl<'a> Input<'a> {
         }
 
         let mut consume = Once::new(format!("`{CONSUME}` fn; a handler has exactly one"));
+        let mut consume_batch =
+            Once::new(format!("`{CONSUME_BATCH}` fn; a handler has at most one"));
         let mut extractors = Extractor::ALL.map(|kind| {
             Once::new(format!(
                 "`#[{}]` fn; a handler has at most one",
@@ -139,13 +144,21 @@ impl<'a> Input<'a> {
                 );
             }
             let first_helper = helpers.first();
-            if func.sig.ident == CONSUME {
-                consume.set(cx, &func.sig.ident, func);
+            let handles = [CONSUME, CONSUME_BATCH]
+                .into_iter()
+                .find(|name| func.sig.ident == name);
+            if let Some(name) = handles {
+                let slot = if name == CONSUME {
+                    &mut consume
+                } else {
+                    &mut consume_batch
+                };
+                slot.set(cx, &func.sig.ident, func);
                 if let Some((attr, kind)) = first_helper {
                     cx.error_spanned_by(
                         attr,
                         format_args!(
-                            "`{CONSUME}` cannot also be the `#[{}]` extractor: give the \
+                            "`{name}` cannot also be the `#[{}]` extractor: give the \
                              extractor its own fn",
                             kind.name()
                         ),
@@ -159,6 +172,7 @@ impl<'a> Input<'a> {
         Some(Self {
             item,
             consume: consume.get(),
+            consume_batch: consume_batch.get(),
             extractors: Extractor::ALL
                 .into_iter()
                 .zip(extractors)
@@ -212,15 +226,19 @@ fn item_attrs_mut(item: &mut ImplItem) -> Option<&mut Vec<Attribute>> {
 }
 
 /// The user's impl block as the expansion emits it: helper attributes removed (they are not
-/// real attributes there), and a second `consume` dropped (it was reported already; rustc would
-/// repeat the error).
+/// real attributes there), and a second `consume` or `consume_batch` dropped (it was reported
+/// already; rustc would repeat the error).
 pub(crate) fn emitted_impl(item: &ItemImpl) -> ItemImpl {
     let mut item = item.clone();
-    let mut seen_consume = false;
+    let mut seen = [false; 2];
     item.items.retain(|impl_item| match impl_item {
-        ImplItem::Fn(func) if func.sig.ident == CONSUME => {
-            !std::mem::replace(&mut seen_consume, true)
-        }
+        ImplItem::Fn(func) => match [CONSUME, CONSUME_BATCH]
+            .iter()
+            .position(|name| func.sig.ident == name)
+        {
+            Some(i) => !std::mem::replace(&mut seen[i], true),
+            None => true,
+        },
         _ => true,
     });
     for impl_item in &mut item.items {
@@ -331,12 +349,44 @@ pub(crate) fn is_named(ty: &Type, name: &str) -> bool {
 
 /// True for `&mut Context<'_>` (any path ending in `Context`).
 pub(crate) fn is_context(ty: &Type) -> bool {
+    is_mut_ref_to(ty, "Context")
+}
+
+/// True for `&mut BatchContext<'_>` (any path ending in `BatchContext`).
+pub(crate) fn is_batch_context(ty: &Type) -> bool {
+    is_mut_ref_to(ty, "BatchContext")
+}
+
+fn is_mut_ref_to(ty: &Type, name: &str) -> bool {
     match ty {
-        Type::Group(group) => is_context(&group.elem),
+        Type::Group(group) => is_mut_ref_to(&group.elem, name),
         Type::Reference(r) if r.mutability.is_some() => matches!(&*r.elem,
             Type::Path(p) if p.qself.is_none()
-                && p.path.segments.last().is_some_and(|seg| seg.ident == "Context")),
+                && p.path.segments.last().is_some_and(|seg| seg.ident == name)),
         _ => false,
+    }
+}
+
+/// The element type of `Vec<T>` (any path ending in `Vec` with one type argument).
+pub(crate) fn vec_element(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Group(group) => vec_element(&group.elem),
+        Type::Paren(paren) => vec_element(&paren.elem),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            match &last.arguments {
+                PathArguments::AngleBracketed(args)
+                    if last.ident == "Vec" && args.args.len() == 1 =>
+                {
+                    match &args.args[0] {
+                        GenericArgument::Type(elem) => Some(elem),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -382,6 +432,20 @@ mod tests {
         assert!(is_context(&parse_quote!(&mut checkpoint::Context)));
         assert!(!is_context(&parse_quote!(&Context<'_>)));
         assert!(!is_context(&parse_quote!(&mut Metadata)));
+        assert!(is_batch_context(&parse_quote!(&mut BatchContext<'_>)));
+        assert!(!is_batch_context(&parse_quote!(&mut Context<'_>)));
+    }
+
+    #[test]
+    fn vec_elements() {
+        let elem = |ty: Type| vec_element(&ty).map(|t| quote!(#t).to_string());
+        assert_eq!(elem(parse_quote!(Vec<Order>)), Some("Order".to_owned()));
+        assert_eq!(
+            elem(parse_quote!(std::vec::Vec<&str>)),
+            Some("& str".to_owned())
+        );
+        assert_eq!(elem(parse_quote!(&[Order])), None);
+        assert_eq!(elem(parse_quote!(Order)), None);
     }
 
     #[test]

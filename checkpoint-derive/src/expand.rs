@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use crate::args;
 use crate::ast::{self, Extractor, Input, PayloadKind};
 use crate::ctxt::Ctxt;
-use crate::valid::{self, Consume, ExtractorSig, Handler};
+use crate::valid::{self, Consume, ConsumeBatch, ExtractorSig, Handler};
 
 /// `#[checkpoint_handler(args)] item`, expanded; compiler-free so unit tests can call it.
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -96,6 +96,7 @@ fn implement(handler: &Handler) -> TokenStream {
         }
     });
     let consume = consume_fn(&handler.consume);
+    let consume_batch = handler.consume_batch.as_ref().map(consume_batch_fn);
     let extractors = handler
         .extractors
         .iter()
@@ -109,6 +110,7 @@ fn implement(handler: &Handler) -> TokenStream {
             #max_retries
             #transactional
             #consume
+            #consume_batch
             #(#extractors)*
         },
     )
@@ -202,6 +204,68 @@ fn consume_fn(consume: &Consume) -> TokenStream {
                 let __checkpoint_returned = #returned;
                 #convert
             })
+        }
+    }
+}
+
+/// `Handler::consume_batch`: decodes every payload into the element type of the user's
+/// `Vec<T>` (a payload that does not decode fails the call, so the batch goes one by one and
+/// that message fails in `consume`), then calls the user's fn.
+fn consume_batch_fn(batch: &ConsumeBatch) -> TokenStream {
+    let ty = batch.payload;
+    let span = ty.span();
+    let decoder = match batch.payload_kind {
+        PayloadKind::Raw => Ident::new("decode_raw_payload", span),
+        PayloadKind::Json | PayloadKind::Borrowed => Ident::new("decode_json_payload", span),
+    };
+    let decode = quote_spanned! {span=>
+        ::checkpoint::__private::#decoder::<#ty>(&__checkpoint_delivery.message.payload)
+    };
+    let ctx = batch.takes_ctx.then(|| quote!(, __checkpoint_ctx));
+    let user_fn = &batch.sig.ident;
+    let call = quote_spanned! {user_fn.span()=>
+        Self::#user_fn(self, __checkpoint_payloads #ctx)
+    };
+    let returned = match &batch.sig.asyncness {
+        Some(asyncness) => quote_spanned! {asyncness.span=>
+            ::checkpoint::__private::assert_send_future(#call).await
+        },
+        None => call,
+    };
+    let output = batch.output;
+    let convert = quote_spanned! {output.span()=>
+        <#output as ::checkpoint::__private::ConsumeBatchReturn>::into_batch_result(__checkpoint_returned)
+    };
+    quote! {
+        fn consume_batch<'__checkpoint>(
+            &'__checkpoint self,
+            __checkpoint_ctx: &'__checkpoint mut ::checkpoint::__private::BatchContext<'_>,
+        ) -> ::checkpoint::__private::Option<
+            ::checkpoint::__private::BoxFuture<
+                '__checkpoint,
+                ::checkpoint::__private::Result<
+                    ::checkpoint::__private::Vec<::checkpoint::__private::Outcome>,
+                    ::checkpoint::__private::HandlerError,
+                >,
+            >,
+        > {
+            ::checkpoint::__private::Option::Some(::checkpoint::__private::Box::pin(async move {
+                let __checkpoint_batch = __checkpoint_ctx.deliveries();
+                let mut __checkpoint_payloads =
+                    ::checkpoint::__private::Vec::with_capacity(__checkpoint_batch.len());
+                for __checkpoint_delivery in __checkpoint_batch {
+                    match #decode {
+                        ::checkpoint::__private::Result::Ok(__checkpoint_payload) => {
+                            __checkpoint_payloads.push(__checkpoint_payload);
+                        }
+                        ::checkpoint::__private::Result::Err(__checkpoint_error) => {
+                            return ::checkpoint::__private::Result::Err(__checkpoint_error);
+                        }
+                    }
+                }
+                let __checkpoint_returned = #returned;
+                #convert
+            }))
         }
     }
 }

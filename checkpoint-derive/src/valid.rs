@@ -6,7 +6,7 @@ use quote::ToTokens;
 use syn::{ReturnType, Signature, Type};
 
 use crate::args::{Args, NAME};
-use crate::ast::{self, CONSUME, Extractor, ExtractorFn, Input, PayloadKind};
+use crate::ast::{self, CONSUME, CONSUME_BATCH, Extractor, ExtractorFn, Input, PayloadKind};
 use crate::ctxt::Ctxt;
 
 /// A handler whose every part was checked.
@@ -16,7 +16,18 @@ pub(crate) struct Handler<'a> {
     pub(crate) max_retries: Option<u32>,
     pub(crate) transactional: bool,
     pub(crate) consume: Consume<'a>,
+    pub(crate) consume_batch: Option<ConsumeBatch<'a>>,
     pub(crate) extractors: Vec<ExtractorSig<'a>>,
+}
+
+/// The user's `consume_batch` fn.
+pub(crate) struct ConsumeBatch<'a> {
+    pub(crate) sig: &'a Signature,
+    /// `T` of its `Vec<T>` parameter.
+    pub(crate) payload: &'a Type,
+    pub(crate) payload_kind: PayloadKind,
+    pub(crate) takes_ctx: bool,
+    pub(crate) output: &'a Type,
 }
 
 /// The user's `consume` fn.
@@ -72,6 +83,9 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
             None
         }
     };
+    let consume_batch = input
+        .consume_batch
+        .map(|func| check_consume_batch(cx, &func.sig, args.transactional));
     let extractors: Vec<_> = input
         .extractors
         .iter()
@@ -83,6 +97,7 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
         max_retries: args.max_retries,
         transactional: args.transactional,
         consume: consume?,
+        consume_batch: consume_batch.map_or(Some(None), |checked| checked.map(Some))?,
         extractors: extractors.into_iter().collect::<Option<_>>()?,
     })
 }
@@ -164,6 +179,109 @@ fn check_consume<'a>(cx: &Ctxt, sig: &'a Signature) -> Option<Consume<'a>> {
         return None;
     }
     Some(Consume {
+        sig,
+        payload: payload?,
+        payload_kind: payload_kind?,
+        takes_ctx: params.len() == 2,
+        output: output?,
+    })
+}
+
+/// The signature `consume_batch` must have, for its errors.
+const BATCH_SIGNATURE: &str = "`async fn consume_batch(&self, payloads: Vec<T>, ctx: &mut \
+                               BatchContext<'_>) -> Result<Vec<Outcome>, E>`";
+
+fn check_consume_batch<'a>(
+    cx: &Ctxt,
+    sig: &'a Signature,
+    transactional: bool,
+) -> Option<ConsumeBatch<'a>> {
+    let mut ok = check_plain_fn(cx, sig, &format!("`{CONSUME_BATCH}`"));
+    if !transactional {
+        cx.error_spanned_by(
+            &sig.ident,
+            format_args!(
+                "`{CONSUME_BATCH}` runs inside a batch's checkpoint transaction: declare the \
+                 handler `#[checkpoint_handler(transactional)]`"
+            ),
+        );
+        ok = false;
+    }
+    let (receiver, params) = ast::params(sig);
+    if !receiver.is_some_and(ast::is_ref_self) {
+        cx.error_spanned_by(
+            receiver.map_or_else(|| inputs_or_ident(sig), ToTokens::to_token_stream),
+            format_args!("`{CONSUME_BATCH}` takes `&self` first: {BATCH_SIGNATURE}"),
+        );
+        ok = false;
+    }
+    let payload = params.first().and_then(|param| ast::vec_element(&param.ty));
+    let payload_kind = payload.map(ast::payload_kind);
+    match (params.first(), payload) {
+        (None, _) => {
+            cx.error_spanned_by(
+                &sig.ident,
+                format_args!(
+                    "`{CONSUME_BATCH}` takes the payloads after `&self`: {BATCH_SIGNATURE}"
+                ),
+            );
+            ok = false;
+        }
+        (Some(param), None) => {
+            cx.error_spanned_by(
+                &param.ty,
+                format_args!("the payloads of a batch come as a `Vec<T>`: {BATCH_SIGNATURE}"),
+            );
+            ok = false;
+        }
+        (Some(_), Some(ty)) if payload_kind == Some(PayloadKind::Borrowed) => {
+            cx.error_spanned_by(
+                ty,
+                "take the payloads by value (any `T: Deserialize`), or borrow them as `&[u8]` \
+                 or `&str`; other references cannot be decoded from a message",
+            );
+            ok = false;
+        }
+        (Some(_), Some(_)) => {}
+    }
+    if let Some(ctx) = params.get(1)
+        && !ast::is_batch_context(&ctx.ty)
+    {
+        cx.error_spanned_by(
+            &ctx.ty,
+            format_args!(
+                "the second parameter of `{CONSUME_BATCH}` is the batch's context: `ctx: &mut \
+                 BatchContext<'_>`"
+            ),
+        );
+        ok = false;
+    }
+    if let Some(extra) = params.get(2) {
+        cx.error_spanned_by(
+            extra,
+            format_args!(
+                "`{CONSUME_BATCH}` takes at most two parameters after `&self`: {BATCH_SIGNATURE}"
+            ),
+        );
+        ok = false;
+    }
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => Some(&**ty),
+        ReturnType::Default => {
+            cx.error_at(
+                sig.paren_token.span.close(),
+                format_args!(
+                    "`{CONSUME_BATCH}` must return `Vec<Outcome>` or `Result<Vec<Outcome>, E>`, \
+                     one outcome per payload"
+                ),
+            );
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(ConsumeBatch {
         sig,
         payload: payload?,
         payload_kind: payload_kind?,

@@ -175,13 +175,13 @@ impl HandlerError {
         error
     }
 
-    /// `consume` did not return within the listener's `handler_timeout`: retryable, with
-    /// error class `timeout`.
-    pub(crate) fn timed_out(after: std::time::Duration) -> Self {
+    /// Handler code `site` did not return within the listener's `handler_timeout` (`after`):
+    /// retryable, with error class `timeout`.
+    pub(crate) fn timed_out(site: &str, after: std::time::Duration) -> Self {
         Self::with_class(
             TIMEOUT_CLASS,
             format!(
-                "`consume` did not return within {} ms (handler_timeout); it was dropped at \
+                "`{site}` did not return within {} ms (handler_timeout); it was dropped at \
                  its pending await",
                 after.as_millis()
             ),
@@ -357,6 +357,60 @@ impl fmt::Debug for Context<'_> {
     }
 }
 
+/// One message of a transactional batch handed to [`Handler::consume_batch`], with the
+/// metadata of its delivery.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Delivery<'a> {
+    /// The message.
+    pub message: &'a Message,
+    /// Metadata of this delivery attempt.
+    pub metadata: &'a Metadata,
+}
+
+impl<'a> Delivery<'a> {
+    /// A delivery of `message` with `metadata`.
+    pub fn new(message: &'a Message, metadata: &'a Metadata) -> Self {
+        Self { message, metadata }
+    }
+}
+
+/// What [`Handler::consume_batch`] sees: the batch's new messages and its open checkpoint
+/// transaction.
+pub struct BatchContext<'a> {
+    deliveries: &'a [Delivery<'a>],
+    conn: Conn<'a>,
+}
+
+impl<'a> BatchContext<'a> {
+    /// A context for one call of `consume_batch`: `deliveries` are the messages, in order;
+    /// `conn` is the batch's open transaction.
+    pub fn new(deliveries: &'a [Delivery<'a>], conn: Conn<'a>) -> Self {
+        Self { deliveries, conn }
+    }
+
+    /// The messages of this call, in order: the batch's messages that are not stored yet,
+    /// each at most once. The outcomes `consume_batch` returns belong to them in this order.
+    pub fn deliveries(&self) -> &'a [Delivery<'a>] {
+        self.deliveries
+    }
+
+    /// The open checkpoint transaction of the batch. What you write through it commits
+    /// together with the batch's event rows when every message acks, and is rolled back
+    /// otherwise.
+    pub fn tx(&mut self) -> &mut Conn<'a> {
+        &mut self.conn
+    }
+}
+
+impl fmt::Debug for BatchContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchContext")
+            .field("deliveries", &self.deliveries.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The default retry decision: retry while `retry_count < max_retries`; forever when
 /// `max_retries` is `None`.
 pub fn default_retry_decision(max_retries: Option<u32>, retry_count: u32) -> bool {
@@ -393,6 +447,31 @@ pub trait Handler: Send + Sync + 'static {
         message: &'a Message,
         ctx: &'a mut Context<'_>,
     ) -> BoxFuture<'a, Result<Outcome, HandlerError>>;
+
+    /// Handles the new messages of one transactional batch in one call, so that the handler
+    /// can write their rows in one statement instead of one per message. `None`, the default,
+    /// means the handler has no such form: each message goes through [`Handler::consume`].
+    ///
+    /// Called only for transactional handlers with `batch_size > 1`, with the batch's
+    /// messages that are not stored yet ([`BatchContext::deliveries`]), in order, each at most
+    /// once; stored ones are left out, and a batch with a key twice goes one by one. The
+    /// returned outcomes belong to the deliveries in order.
+    ///
+    /// It must have the effect of calling `consume` on each message in turn: the engine keeps
+    /// its work only when it returns one [`Outcome::Ack`] per message whose fields fit the
+    /// store. Anything else (an error, a skip, a panic, a wrong number of outcomes, a
+    /// transaction of its own left open, a timeout) rolls back everything the call wrote, and
+    /// the same messages go through `consume` one by one, each in a savepoint of its own, so
+    /// that each ends as its own ack, skip or failure row. Writes through [`BatchContext::tx`]
+    /// are thus exactly-once; effects outside the transaction are repeated when that happens.
+    /// The listener's `handler_timeout` bounds the call at that limit times the number of
+    /// messages.
+    fn consume_batch<'a>(
+        &'a self,
+        _ctx: &'a mut BatchContext<'_>,
+    ) -> Option<BoxFuture<'a, Result<Vec<Outcome>, HandlerError>>> {
+        None
+    }
 
     /// Entity id for failure rows (and acks that leave it empty).
     fn entity_id(&self, _message: &Message) -> Option<String> {

@@ -93,7 +93,9 @@ pub mod __private;
 pub use crate::app::App;
 pub use crate::engine::{Backoff, Disposition, Engine, EngineError, RetryOutcome};
 pub use crate::error::{Backend, StoreError};
-pub use crate::handler::{Ack, Context, DecodeError, Handler, HandlerError, Outcome};
+pub use crate::handler::{
+    Ack, BatchContext, Context, DecodeError, Delivery, Handler, HandlerError, Outcome,
+};
 pub use crate::message::{Header, Message, Metadata, Origin, checksum};
 pub use crate::store::Store;
 pub use checkpoint_derive::{
@@ -102,7 +104,9 @@ pub use checkpoint_derive::{
 
 /// The names a handler module needs: `use checkpoint::prelude::*;`.
 pub mod prelude {
-    pub use crate::handler::{Ack, Context, Handler, HandlerError, Outcome};
+    pub use crate::handler::{
+        Ack, BatchContext, Context, Delivery, Handler, HandlerError, Outcome,
+    };
     pub use crate::message::{Message, Metadata};
     pub use checkpoint_derive::{
         checkpoint_handler, dedup_key, entity_id, entity_time, event_type, event_version,

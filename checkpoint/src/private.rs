@@ -4,12 +4,13 @@ pub use std::boxed::Box;
 pub use std::option::Option;
 pub use std::result::Result;
 pub use std::string::String;
+pub use std::vec::Vec;
 
 pub use chrono::{DateTime, Utc};
 
 pub use crate::handler::{
-    BoxFuture, Context, DecodeError, FromPayload, Handler, HandlerError, Outcome, decode_json,
-    default_retry_decision,
+    BatchContext, BoxFuture, Context, DecodeError, FromPayload, Handler, HandlerError, Outcome,
+    decode_json, default_retry_decision,
 };
 pub use crate::message::{Message, Metadata};
 
@@ -38,6 +39,28 @@ impl ConsumeReturn for Outcome {
 
 impl<E: Into<HandlerError>> ConsumeReturn for Result<Outcome, E> {
     fn into_consume_result(self) -> Result<Outcome, HandlerError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// Turns what a user's `consume_batch` returns into the engine's result.
+#[diagnostic::on_unimplemented(
+    message = "`consume_batch` must return `Vec<Outcome>` or `Result<Vec<Outcome>, E>` where `E: std::error::Error + Send + Sync + 'static`, not `{Self}`",
+    label = "this return type"
+)]
+pub trait ConsumeBatchReturn {
+    /// Converts.
+    fn into_batch_result(self) -> Result<Vec<Outcome>, HandlerError>;
+}
+
+impl ConsumeBatchReturn for Vec<Outcome> {
+    fn into_batch_result(self) -> Result<Vec<Outcome>, HandlerError> {
+        Ok(self)
+    }
+}
+
+impl<E: Into<HandlerError>> ConsumeBatchReturn for Result<Vec<Outcome>, E> {
+    fn into_batch_result(self) -> Result<Vec<Outcome>, HandlerError> {
         self.map_err(Into::into)
     }
 }

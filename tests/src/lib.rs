@@ -19,7 +19,8 @@ pub struct Order {
     pub id: String,
 }
 
-/// Writes one side effect per order through the checkpoint transaction, then acks.
+/// Writes one side effect per order through the checkpoint transaction, then acks; in a
+/// transactional batch, the new orders' side effects in one statement.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sink;
 
@@ -34,6 +35,27 @@ impl Sink {
             )
             .await?;
         Ok(ctx.ack(order.id, Utc::now()))
+    }
+
+    /// A transactional batch's new orders: every side effect in one statement.
+    async fn consume_batch(
+        &self,
+        orders: Vec<Order>,
+        ctx: &mut BatchContext<'_>,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        use diesel::ExpressionMethods;
+        let rows: Vec<_> = orders
+            .iter()
+            .map(|order| side_effects::token.eq(order.id.clone()))
+            .collect();
+        ctx.tx()
+            .execute_owned(diesel::insert_into(side_effects::table).values(rows))
+            .await?;
+        let now = Utc::now();
+        Ok(orders
+            .into_iter()
+            .map(|order| Outcome::ack(order.id, now))
+            .collect())
     }
 }
 

@@ -90,12 +90,91 @@ pub(super) struct Attempt<'a> {
 /// hop to the blocking pool, and the one after the call is enough.
 const HANDED_OVER_AT: u32 = 1;
 
-/// How a call of `consume` ended.
-pub(super) struct Called {
-    pub(super) result: Result<Outcome, HandlerError>,
+/// How a call of handler code handed the checkpoint transaction (`consume`, `consume_batch`)
+/// ended.
+pub(super) struct Called<T = Outcome> {
+    pub(super) result: Result<T, HandlerError>,
     /// The call was dropped mid-flight (`handler_timeout`), or left the checkpoint transaction
     /// in a state that could not be restored: the connection is in an unknown state.
     pub(super) interrupted: bool,
+}
+
+/// Polls `call` (handler code `site`) to its end, reaching the crash point inside it: a panic
+/// becomes a permanent error of class `panic`, and `limit`, when given, drops the call at its
+/// pending await, which counts as interrupted.
+pub(super) async fn guarded_call<T>(
+    site: &str,
+    call: impl Future<Output = Result<T, HandlerError>>,
+    limit: Option<Duration>,
+) -> Called<T> {
+    let call = AssertUnwindSafe(crash::inside(call)).catch_unwind();
+    let caught = match limit {
+        None => call.await,
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(caught) => caught,
+            Err(_) => {
+                return Called {
+                    result: Err(HandlerError::timed_out(site, limit)),
+                    interrupted: true,
+                };
+            }
+        },
+    };
+    Called {
+        result: caught.unwrap_or_else(|payload| Err(HandlerError::panicked(site, &*payload))),
+        interrupted: false,
+    }
+}
+
+/// After a call that was handed `conn` with only the engine's transaction open: rolls back
+/// the transactions the handler opened and left open (it panicked inside its own
+/// `transaction`). A result that would keep the call's writes (`keeps`) becomes a permanent
+/// error of class `transaction_left_open` when there were any: those writes were never
+/// committed by the handler. When they cannot be rolled back, or the handler ended the
+/// checkpoint transaction itself, the call counts as interrupted. `message` names the call
+/// in the log (the first of a batch).
+pub(super) async fn close_left_open<T>(
+    site: &str,
+    conn: &mut Conn<'_>,
+    called: Called<T>,
+    keeps: impl Fn(&T) -> bool,
+    message: &Message,
+) -> Called<T> {
+    match conn.close_transactions_above(HANDED_OVER_AT).await {
+        // A bug in the handler, so permanent (it would do the same again); a skip or an error
+        // already gives its writes up.
+        Ok(closed) if closed > 0 && called.result.as_ref().is_ok_and(keeps) => Called {
+            result: Err(HandlerError::with_class(
+                "transaction_left_open",
+                format!(
+                    "`{site}` acked with a transaction of its own still open; it was rolled back"
+                ),
+            )
+            .into_permanent()),
+            interrupted: called.interrupted,
+        },
+        Ok(_) => called,
+        Err(error) => {
+            tracing::warn!(
+                target: "checkpoint", topic = %message.topic,
+                partition = message.partition, offset = message.offset, %error,
+                site, "handler code left the checkpoint transaction in a state that could not \
+                 be restored; the connection is closed and nothing of this call is kept"
+            );
+            Called {
+                result: called.result.and_then(|_| {
+                    Err(HandlerError::with_class(
+                        "transaction_left_open",
+                        format!(
+                            "`{site}` left the checkpoint transaction in a state that could \
+                             not be restored: {error}"
+                        ),
+                    ))
+                }),
+                interrupted: true,
+            }
+        }
+    }
 }
 
 impl<'a> Attempt<'a> {
@@ -144,12 +223,9 @@ impl<'a> Attempt<'a> {
     }
 
     /// Calls `consume`, with the open transaction in transactional mode, catching a panic and
-    /// bounding it by `handler_timeout`.
-    ///
-    /// A transaction the handler opened on that connection and left open (it panicked inside
-    /// it) is rolled back afterwards, and an ack from such a call becomes a permanent error of
-    /// class `transaction_left_open`. When that rollback fails, or the handler ended the
-    /// checkpoint transaction itself, the call counts as interrupted.
+    /// bounding it by `handler_timeout` ([`guarded_call`]); then closes what it left open
+    /// ([`close_left_open`]): an ack from a call that left a transaction of its own open
+    /// becomes a permanent error of class `transaction_left_open`.
     ///
     /// `conn`, when given, holds exactly the engine's one transaction: the engine opens it on a
     /// connection from the pool, which never hands out one with a transaction open, and in a
@@ -158,67 +234,18 @@ impl<'a> Attempt<'a> {
         crash::reach(CrashPoint::BeforeConsume);
         let handed_over = conn.is_some();
         let mut ctx = Context::new(&self.metadata, conn);
-        let call = AssertUnwindSafe(async {
-            crash::inside(self.handler.consume(self.message, &mut ctx)).await
-        })
-        .catch_unwind();
-        let caught = match self.policy.handler_timeout {
-            None => call.await,
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(caught) => caught,
-                Err(_) => {
-                    return Called {
-                        result: Err(HandlerError::timed_out(limit)),
-                        interrupted: true,
-                    };
-                }
-            },
-        };
-        let result =
-            caught.unwrap_or_else(|payload| Err(HandlerError::panicked("consume", &*payload)));
-        let (true, Ok(conn)) = (handed_over, ctx.tx()) else {
-            return Called {
-                result,
-                interrupted: false,
-            };
-        };
-        match conn.close_transactions_above(HANDED_OVER_AT).await {
-            // Acked with its own transaction open: what it wrote there was never committed by
-            // the handler, and acking would keep the event without those writes. A bug in the
-            // handler, so permanent (it would do the same again); a skip or an error already
-            // gives its writes up.
-            Ok(closed) if closed > 0 && matches!(result, Ok(Outcome::Ack(_))) => Called {
-                result: Err(HandlerError::with_class(
-                    "transaction_left_open",
-                    "consume acked with a transaction of its own still open; it was rolled back",
-                )
-                .into_permanent()),
-                interrupted: false,
-            },
-            Ok(_) => Called {
-                result,
-                interrupted: false,
-            },
-            Err(error) => {
-                tracing::warn!(
-                    target: "checkpoint", topic = %self.message.topic,
-                    partition = self.message.partition, offset = self.message.offset, %error,
-                    "consume left the checkpoint transaction in a state that could not be \
-                     restored; the connection is closed and nothing of this call is kept"
-                );
-                Called {
-                    result: result.and_then(|_| {
-                        Err(HandlerError::with_class(
-                            "transaction_left_open",
-                            format!(
-                                "consume left the checkpoint transaction in a state that could \
-                                 not be restored: {error}"
-                            ),
-                        ))
-                    }),
-                    interrupted: true,
-                }
+        let called = guarded_call(
+            "consume",
+            self.handler.consume(self.message, &mut ctx),
+            self.policy.handler_timeout,
+        )
+        .await;
+        match (handed_over && !called.interrupted, ctx.tx()) {
+            (true, Ok(conn)) => {
+                let acked = |outcome: &Outcome| matches!(outcome, Outcome::Ack(_));
+                close_left_open("consume", conn, called, acked, self.message).await
             }
+            _ => called,
         }
     }
 

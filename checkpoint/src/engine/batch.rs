@@ -1,7 +1,8 @@
 //! Batch mode: many messages of one partition with one duplicate check and one multi-row
-//! insert (per-message handlers), or one transaction with one multi-row claim, a savepoint
-//! per message and the acked claims completed in one pass at the end (transactional
-//! handlers). Outcomes stay per message through the same
+//! insert (per-message handlers), or one transaction with one multi-row claim, then either one
+//! call of the handler's `consume_batch` or a savepoint per message, and the acked claims
+//! completed in one pass at the end (transactional handlers). Outcomes stay per message
+//! through the same
 //! [`Engine::triage`] as single messages: a poison message becomes a failure without touching
 //! its neighbours; a message that must be retried ends the batch there, after everything
 //! before it is settled.
@@ -9,12 +10,13 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::attempt::{AckFields, Attempt};
+use super::attempt::{AckFields, Attempt, close_left_open, guarded_call};
 use super::modes::abandon;
 use super::session::{CheckedAhead, Progress};
 use super::triage::{RetryMode, Rows, Verdict};
 use super::{BatchOutcome, Disposition, Engine, EngineError, Policy};
-use crate::handler::Handler;
+use crate::crash::{self, CrashPoint};
+use crate::handler::{BatchContext, Delivery, Handler, HandlerError, Outcome};
 use crate::instrument::Notification;
 use crate::message::{Message, Origin};
 use crate::store::{Conn, NewEvent, NewFailure};
@@ -321,11 +323,9 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Inside the batch transaction: claim every new key in one statement, consume each
-    /// claimed message in a savepoint, then complete the acked claims in one pass. A key is
-    /// claimed once per batch: a repeat of a key
-    /// acked earlier in the batch is a duplicate, a repeat of one whose claim was released
-    /// (skip, failure) is claimed again and consumed, as a redelivery would be.
+    /// Inside the batch transaction: claim every new key in one statement, consume the
+    /// claimed messages (in one call of the handler's `consume_batch` when it has one and its
+    /// result is kept, else each in a savepoint), then complete the acked claims in one pass.
     async fn claim_and_consume(
         &self,
         conn: &mut Conn<'_>,
@@ -340,21 +340,166 @@ impl Engine {
             .map(|a| a.event_row(&empty))
             .collect();
         let flags = conn.insert_events(&claims).await?;
-        let mut claimed: HashSet<&str> = claims
+        let claimed: HashSet<&str> = claims
             .iter()
             .zip(flags)
             .filter(|(_, inserted)| *inserted)
             .map(|(row, _)| row.checksum)
             .collect();
-        let mut released: HashSet<&str> = HashSet::new();
-        let mut settled = Vec::with_capacity(attempts.len());
-        let mut retry = None;
         let mut rows = Savepoints {
             conn: &mut *conn,
             acked: Vec::new(),
             current: 0,
         };
-        let mut marked = false;
+        let fits = whole_batch_fits(attempts, &claimed);
+        let mut whole = None;
+        if fits {
+            rows.conn.mark_message(true).await?;
+            whole = self
+                .consume_whole(&mut rows, attempts, &claimed, progress)
+                .await?;
+        }
+        let consumed = match whole {
+            Some(consumed) => consumed,
+            // The savepoint set for consume_batch serves the first message.
+            None => {
+                self.one_by_one(&mut rows, attempts, claimed, fits, progress)
+                    .await?
+            }
+        };
+        let (settled, retry) = match consumed {
+            Consumed::Interrupted(outcome) => return Ok(outcome),
+            Consumed::Settled { settled, retry } => (settled, retry),
+        };
+        let events: Vec<NewEvent<'_>> = rows
+            .acked
+            .iter()
+            .map(|(i, fields)| attempts[*i].event_row(fields))
+            .collect();
+        rows.conn.complete_events(&events).await?;
+        Ok(BatchOutcome {
+            settled,
+            retry,
+            next_checked: None,
+            interrupted: false,
+        })
+    }
+
+    /// The claimed messages through the handler's `consume_batch` in one call, after the
+    /// savepoint the caller set. `None` when the handler has no such form, or its result is
+    /// not kept (see [`Handler::consume_batch`]): then everything the call wrote is rolled
+    /// back to that savepoint, and the messages go one by one.
+    async fn consume_whole(
+        &self,
+        rows: &mut Savepoints<'_, '_>,
+        attempts: &[Attempt<'_>],
+        claimed: &HashSet<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Option<Consumed>, EngineError> {
+        let fresh: Vec<&Attempt<'_>> = attempts
+            .iter()
+            .filter(|a| claimed.contains(a.metadata.checksum.as_str()))
+            .collect();
+        let Some(first) = fresh.first() else {
+            return Ok(None);
+        };
+        let deliveries: Vec<Delivery<'_>> = fresh
+            .iter()
+            .map(|a| Delivery::new(a.message, &a.metadata))
+            .collect();
+        let limit = first
+            .policy
+            .handler_timeout
+            .map(|limit| limit.saturating_mul(u32::try_from(deliveries.len()).unwrap_or(u32::MAX)));
+        crash::reach(CrashPoint::BeforeConsume);
+        let mut ctx = BatchContext::new(&deliveries, rows.conn.reborrow());
+        let Some(call) = first.handler.consume_batch(&mut ctx) else {
+            return Ok(None);
+        };
+        let mut called = guarded_call("consume_batch", call, limit).await;
+        if !called.interrupted {
+            called =
+                close_left_open("consume_batch", ctx.tx(), called, |_| true, first.message).await;
+        }
+        if called.interrupted {
+            return Ok(Some(Consumed::Interrupted(BatchOutcome {
+                settled: Vec::new(),
+                retry: called.result.err(),
+                next_checked: None,
+                interrupted: true,
+            })));
+        }
+        let kept = match called.result {
+            Err(error) => Err(format!("it failed: {error}")),
+            Ok(outcomes) if outcomes.len() != fresh.len() => Err(format!(
+                "it returned {} outcomes for {} messages",
+                outcomes.len(),
+                fresh.len()
+            )),
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .zip(&fresh)
+                .map(|(outcome, attempt)| match outcome {
+                    Outcome::Ack(ack) => attempt.ack_fields(ack).map_err(|error| {
+                        format!("the ack of offset {}: {error}", attempt.message.offset)
+                    }),
+                    Outcome::Skip => Err(format!("it skipped offset {}", attempt.message.offset)),
+                })
+                .collect::<Result<Vec<AckFields>, String>>(),
+        };
+        let fields = match kept {
+            Ok(fields) => fields,
+            Err(reason) => {
+                tracing::info!(
+                    target: "checkpoint", topic = %first.message.topic,
+                    partition = first.message.partition, offset = first.message.offset,
+                    messages = fresh.len(), %reason,
+                    "consume_batch's result is not kept; its writes are rolled back and the \
+                     messages go through consume one by one"
+                );
+                rows.conn.undo_message().await?;
+                return Ok(None);
+            }
+        };
+        let mut fields = fields.into_iter();
+        let mut settled = Vec::with_capacity(attempts.len());
+        for (i, attempt) in attempts.iter().enumerate() {
+            let ack = claimed
+                .contains(attempt.metadata.checksum.as_str())
+                .then(|| fields.next())
+                .flatten();
+            let Some(ack) = ack else {
+                self.fire(Notification::EventAlreadyConsumed, attempt, None);
+                settled.push(Disposition::AlreadyConsumed);
+                continue;
+            };
+            rows.current = i;
+            let disposition = self
+                .conclude(rows, attempt, Verdict::Ack(ack), progress)
+                .await?;
+            settled.push(disposition);
+        }
+        Ok(Some(Consumed::Settled {
+            settled,
+            retry: None,
+        }))
+    }
+
+    /// The claimed messages one by one, each in a savepoint (`marked`: one is already set).
+    /// A key is claimed once per batch: a repeat of a key acked earlier in the batch is a
+    /// duplicate, a repeat of one whose claim was released (skip, failure) is claimed again
+    /// and consumed, as a redelivery would be.
+    async fn one_by_one(
+        &self,
+        rows: &mut Savepoints<'_, '_>,
+        attempts: &[Attempt<'_>],
+        mut claimed: HashSet<&str>,
+        mut marked: bool,
+        progress: &dyn Progress,
+    ) -> Result<Consumed, EngineError> {
+        let empty = AckFields::default();
+        let mut released: HashSet<&str> = HashSet::new();
+        let mut settled = Vec::with_capacity(attempts.len());
         for (i, attempt) in attempts.iter().enumerate() {
             let key = attempt.metadata.checksum.as_str();
             let ours = claimed.remove(key)
@@ -373,17 +518,17 @@ impl Engine {
                 None => {
                     let called = self.consume(attempt, Some(rows.conn.reborrow())).await;
                     if called.interrupted {
-                        return Ok(BatchOutcome {
+                        return Ok(Consumed::Interrupted(BatchOutcome {
                             settled: Vec::new(),
                             retry: called.result.err(),
                             next_checked: None,
                             interrupted: true,
-                        });
+                        }));
                     }
                     self.triage(attempt, called.result, RetryMode::Decide)
                 }
             };
-            match self.conclude(&mut rows, attempt, verdict, progress).await? {
+            match self.conclude(rows, attempt, verdict, progress).await? {
                 Disposition::Retry(error) => {
                     // Release the claims of the messages this batch will not reach.
                     for later in &attempts[i + 1..] {
@@ -391,8 +536,10 @@ impl Engine {
                             rows.conn.delete_event(later.key()).await?;
                         }
                     }
-                    retry = Some(error);
-                    break;
+                    return Ok(Consumed::Settled {
+                        settled,
+                        retry: Some(error),
+                    });
                 }
                 disposition => {
                     if !disposition.stored_event() {
@@ -402,19 +549,38 @@ impl Engine {
                 }
             }
         }
-        let events: Vec<NewEvent<'_>> = rows
-            .acked
-            .iter()
-            .map(|(i, fields)| attempts[*i].event_row(fields))
-            .collect();
-        rows.conn.complete_events(&events).await?;
-        Ok(BatchOutcome {
+        Ok(Consumed::Settled {
             settled,
-            retry,
-            next_checked: None,
-            interrupted: false,
+            retry: None,
         })
     }
+}
+
+/// How a transactional batch's messages went through the handler.
+enum Consumed {
+    /// Settled in order: all of them, or those before the one that must be retried (`retry`).
+    Settled {
+        settled: Vec<Disposition>,
+        retry: Option<HandlerError>,
+    },
+    /// A call was cut off (`handler_timeout`) or left the transaction unusable: nothing of the
+    /// batch can be kept.
+    Interrupted(BatchOutcome),
+}
+
+/// Whether the batch may go through `consume_batch`: it has claimed messages, each of them
+/// usable (no dedup key problem) and its key's only one in the batch, and the first message
+/// is not a retry (it failed before; it goes one by one).
+fn whole_batch_fits(attempts: &[Attempt<'_>], claimed: &HashSet<&str>) -> bool {
+    let fresh = attempts
+        .iter()
+        .filter(|a| claimed.contains(a.metadata.checksum.as_str()));
+    attempts
+        .first()
+        .is_some_and(|a| a.metadata.retry_count == 0)
+        && !claimed.is_empty()
+        && fresh.clone().count() == claimed.len()
+        && fresh.clone().all(|a| a.unusable.is_none())
 }
 
 fn per_message(total: Duration, count: usize) -> Duration {

@@ -196,6 +196,29 @@ impl<'c> Conn<'c> {
         dispatch!(self, c => RunQueryDsl::execute(query, &mut **c).await)
     }
 
+    /// [`Conn::execute`] for statements diesel-async cannot build for SQLite, such as a
+    /// multi-row `insert_into(table).values(rows)` with `rows` a `Vec`: on SQLite the
+    /// statement runs on the connection's blocking thread through diesel's synchronous
+    /// connection, which builds it; elsewhere as `execute` does. The statement must own its
+    /// data (`String`, not `&str`).
+    pub async fn execute_owned<Q>(&mut self, query: Q) -> diesel::QueryResult<usize>
+    where
+        Q: diesel::query_dsl::methods::ExecuteDsl<diesel::SqliteConnection>
+            + ExecuteDsl<AsyncPgConnection>
+            + ExecuteDsl<AsyncMysqlConnection>
+            + Send
+            + 'static,
+    {
+        match self {
+            Self::Sqlite(c) => {
+                c.spawn_blocking(move |c| diesel::query_dsl::methods::ExecuteDsl::execute(query, c))
+                    .await
+            }
+            Self::Postgres(c) => RunQueryDsl::execute(query, &mut **c).await,
+            Self::Mysql(c) => RunQueryDsl::execute(query, &mut **c).await,
+        }
+    }
+
     /// Runs a diesel query and loads every row.
     pub async fn load<'q, Q, U>(&mut self, query: Q) -> diesel::QueryResult<Vec<U>>
     where

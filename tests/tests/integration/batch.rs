@@ -2,7 +2,7 @@
 //! claim) for many messages, outcomes per message.
 
 use crate::support::TestDb;
-use crate::support::handlers::{Scripted, Step, event_time};
+use crate::support::handlers::{BatchStep, Scripted, Step, event_time};
 use checkpoint::prelude::*;
 use checkpoint::store::ListQuery;
 use checkpoint::{Disposition, Engine, Origin};
@@ -22,10 +22,14 @@ fn kinds(settled: &[Disposition]) -> Vec<&'static str> {
 }
 
 fn batch(payloads: &[&str]) -> Vec<Message> {
+    batch_of("orders", payloads)
+}
+
+fn batch_of(topic: &str, payloads: &[&str]) -> Vec<Message> {
     payloads
         .iter()
         .enumerate()
-        .map(|(i, p)| Message::new("orders", 0, i64::try_from(i).expect("small") + 10, *p))
+        .map(|(i, p)| Message::new(topic, 0, i64::try_from(i).expect("small") + 10, *p))
         .collect()
 }
 
@@ -329,7 +333,140 @@ async fn the_next_batch_is_checked_while_this_one_runs(db: TestDb) {
     db.cleanup().await;
 }
 
+/// A transactional handler with `consume_batch` gets the batch's new messages in one call;
+/// its rows and the events commit together, each once, with the ack's fields.
+async fn a_batch_handler_takes_the_new_messages_in_one_call(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    let origin = Origin::new("billing");
+    let handler = Scripted::new(Step::Ack)
+        .transactional()
+        .batched(BatchStep::Ack, &[]);
+    store_old(&engine, &origin).await;
+    let messages = batch(&["a", "b", "old", "c"]);
+    let outcome = engine
+        .process_batch(&handler, &messages, &origin, 0)
+        .await
+        .expect("batch");
+    assert!(outcome.retry.is_none());
+    assert_eq!(kinds(&outcome.settled), ["ack", "ack", "duplicate", "ack"]);
+    assert_eq!(
+        handler.batch_sizes(),
+        [3],
+        "one call with the messages not stored yet"
+    );
+    assert_eq!(handler.calls(), 0, "consume did not run");
+    for token in ["a", "b", "c"] {
+        assert_eq!(db.side_effects(token).await, 1, "{token}");
+    }
+    let events = db
+        .store
+        .list_events(&ListQuery::default())
+        .await
+        .expect("events");
+    let mut stored: Vec<(i64, Option<String>, Option<String>)> = events
+        .iter()
+        .filter(|e| e.offset >= 10)
+        .map(|e| (e.offset, e.entity_id.clone(), e.event_version.clone()))
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [10, 11, 13].map(|offset| (offset, Some(format!("entity-{offset}")), Some("v1".into())))
+    );
+
+    // Redelivered: everything is a duplicate, and consume_batch is not called.
+    let again = engine
+        .process_batch(&handler, &messages, &origin, 0)
+        .await
+        .expect("again");
+    assert_eq!(kinds(&again.settled), ["duplicate"; 4]);
+    assert_eq!(handler.batch_sizes(), [3]);
+
+    // A key twice in one batch: one by one, so that a skipped first one is consumed again.
+    let origin = Origin::new("repeats");
+    let handler = Scripted::new(Step::Ack)
+        .transactional()
+        .batched(BatchStep::Ack, &[]);
+    let outcome = engine
+        .process_batch(&handler, &batch_of("repeats", &["r", "s", "r"]), &origin, 0)
+        .await
+        .expect("repeats");
+    assert_eq!(kinds(&outcome.settled), ["ack", "ack", "duplicate"]);
+    assert!(handler.batch_sizes().is_empty());
+    assert_eq!(handler.calls(), 2);
+    db.cleanup().await;
+}
+
+/// Every way a `consume_batch` result is not kept (an error, a skip, a panic, a wrong
+/// number of outcomes, an ack that does not fit, a transaction of its own left open) rolls
+/// back what it wrote; the messages then go through `consume`, with the outcome each one
+/// gives there, and every write of theirs is kept exactly once.
+async fn a_batch_result_that_is_not_kept_goes_one_message_at_a_time(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    for step in [
+        BatchStep::Fail,
+        BatchStep::SkipLast,
+        BatchStep::Panic,
+        BatchStep::WrongCount,
+        BatchStep::OverLongAck,
+        BatchStep::AckLeavingOwnTransactionOpen,
+    ] {
+        let topic = format!("{step:?}");
+        let origin = Origin::new("billing");
+        let handler = Scripted::new(Step::Ack)
+            .transactional()
+            .max_retries(Some(0))
+            .script(&[Step::Ack, Step::Skip, Step::FailPermanent, Step::Ack])
+            .batched(BatchStep::Ack, &[step]);
+        let tokens = ["a", "b", "c", "d"].map(|t| format!("{topic}-{t}"));
+        let payloads: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let outcome = engine
+            .process_batch(&handler, &batch_of(&topic, &payloads), &origin, 0)
+            .await
+            .expect("batch");
+        assert!(outcome.retry.is_none(), "{step:?}");
+        assert_eq!(
+            kinds(&outcome.settled),
+            ["ack", "skip", "failed", "ack"],
+            "{step:?}: each message as consume decided"
+        );
+        assert_eq!(handler.batch_sizes(), [4], "{step:?}");
+        assert_eq!(handler.calls(), 4, "{step:?}");
+        let effects: Vec<i64> =
+            futures_util::future::join_all(tokens.iter().map(|t| db.side_effects(t))).await;
+        assert_eq!(
+            effects,
+            [1, 0, 0, 1],
+            "{step:?}: the batch call's writes are gone, consume's acked ones kept once"
+        );
+        assert_eq!(db.side_effects("batch-inner").await, 0, "{step:?}");
+
+        // The next batch is taken whole again.
+        let next = [format!("{topic}-e")];
+        let outcome = engine
+            .process_batch(&handler, &batch_of(&topic, &[next[0].as_str()]), &origin, 0)
+            .await
+            .expect("next batch");
+        assert_eq!(kinds(&outcome.settled), ["ack"], "{step:?}");
+        assert_eq!(handler.batch_sizes(), [4, 1], "{step:?}");
+        assert_eq!(db.side_effects(&next[0]).await, 1, "{step:?}");
+    }
+    assert_eq!(
+        db.store
+            .count_failures(&Default::default())
+            .await
+            .expect("count"),
+        6,
+        "one failure row per round: the message consume failed"
+    );
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    a_batch_handler_takes_the_new_messages_in_one_call,
+    a_batch_result_that_is_not_kept_goes_one_message_at_a_time,
     per_message_batches,
     transactional_batches,
     a_panic_inside_the_handlers_own_transaction_fails_only_its_message,

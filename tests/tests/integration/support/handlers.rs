@@ -26,6 +26,26 @@ pub enum Step {
     AckLeavingOwnTransactionOpen,
 }
 
+/// What one call of [`Scripted::consume_batch`] does after writing every message's side effect
+/// in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStep {
+    /// Acks every message as [`Step::Ack`] does.
+    Ack,
+    /// Fails the whole call (retryable).
+    Fail,
+    /// Acks every message but the last, which it skips.
+    SkipLast,
+    /// Panics after its write.
+    Panic,
+    /// Returns one outcome too few.
+    WrongCount,
+    /// Acks the first message with an entity id longer than the store holds.
+    OverLongAck,
+    /// Opens a transaction of its own, writes `batch-inner` in it and acks without closing it.
+    AckLeavingOwnTransactionOpen,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("downstream service refused the order")]
 pub struct Refused(#[source] pub std::io::Error);
@@ -39,6 +59,10 @@ pub struct Scripted {
     pub transactional: bool,
     pub extractors: bool,
     pub delay: Duration,
+    /// `Some`: the handler has a `consume_batch` that follows `batch_script`, then this.
+    batch_default: Option<BatchStep>,
+    batch_script: Mutex<VecDeque<BatchStep>>,
+    batch_sizes: Mutex<Vec<usize>>,
     script: Mutex<VecDeque<Step>>,
     default: Step,
     calls: AtomicU32,
@@ -53,6 +77,9 @@ impl Scripted {
             transactional: false,
             extractors: false,
             delay: Duration::ZERO,
+            batch_default: None,
+            batch_script: Mutex::new(VecDeque::new()),
+            batch_sizes: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
             default,
             calls: AtomicU32::new(0),
@@ -73,6 +100,18 @@ impl Scripted {
     pub fn transactional(mut self) -> Self {
         self.transactional = true;
         self
+    }
+
+    /// Gives the handler a `consume_batch` that follows `steps`, then `default`.
+    pub fn batched(mut self, default: BatchStep, steps: &[BatchStep]) -> Self {
+        self.batch_default = Some(default);
+        *self.batch_script.lock().expect("batch script") = steps.iter().copied().collect();
+        self
+    }
+
+    /// How many messages each call of `consume_batch` got.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batch_sizes.lock().expect("batch sizes").clone()
     }
 
     pub fn with_extractors(mut self) -> Self {
@@ -170,6 +209,71 @@ impl Handler for Scripted {
                 ))),
             }
         })
+    }
+
+    fn consume_batch<'a>(
+        &'a self,
+        ctx: &'a mut BatchContext<'_>,
+    ) -> Option<BoxFuture<'a, Result<Vec<Outcome>, HandlerError>>> {
+        let default = self.batch_default?;
+        Some(Box::pin(async move {
+            use diesel::prelude::*;
+            let batch = ctx.deliveries();
+            self.batch_sizes
+                .lock()
+                .expect("batch sizes")
+                .push(batch.len());
+            let step = self
+                .batch_script
+                .lock()
+                .expect("batch script")
+                .pop_front()
+                .unwrap_or(default);
+            let tokens: Vec<_> = batch
+                .iter()
+                .map(|d| {
+                    side_effects::token.eq(String::from_utf8_lossy(&d.message.payload).into_owned())
+                })
+                .collect();
+            ctx.tx()
+                .execute_owned(diesel::insert_into(side_effects::table).values(tokens))
+                .await?;
+            match step {
+                BatchStep::Panic => panic!("bug in consume_batch"),
+                BatchStep::AckLeavingOwnTransactionOpen => {
+                    in_own_transaction(ctx.tx(), "batch-inner".to_owned(), false).await;
+                }
+                _ => {}
+            }
+            let mut outcomes: Vec<Outcome> = batch
+                .iter()
+                .map(|d| {
+                    Outcome::ack(format!("entity-{}", d.message.offset), event_time())
+                        .with_event_type("created")
+                        .with_event_version("v1")
+                })
+                .collect();
+            match step {
+                BatchStep::Fail => {
+                    return Err(Refused(std::io::Error::other("connection reset")).into());
+                }
+                BatchStep::SkipLast => {
+                    if let Some(last) = outcomes.last_mut() {
+                        *last = Outcome::skip();
+                    }
+                }
+                BatchStep::WrongCount => {
+                    outcomes.pop();
+                }
+                BatchStep::OverLongAck => {
+                    if let Some(first) = outcomes.first_mut() {
+                        *first = Outcome::ack("x".repeat(300), event_time());
+                    }
+                }
+                BatchStep::Ack | BatchStep::Panic | BatchStep::AckLeavingOwnTransactionOpen => {}
+            }
+            Ok(outcomes)
+        }))
     }
 
     fn entity_id(&self, message: &Message) -> Option<String> {

@@ -25,7 +25,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 
 use checkpoint::engine::Engine;
-use checkpoint::handler::{Context, Handler, HandlerError, Outcome};
+use checkpoint::handler::{BatchContext, Context, Handler, HandlerError, Outcome};
 use checkpoint::listener::{Listener, ListenerSpec, ListenerStats};
 use checkpoint::message::checksum;
 use checkpoint::store::schema::checkpoint_events;

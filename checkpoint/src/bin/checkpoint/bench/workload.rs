@@ -77,6 +77,34 @@ impl BenchEffects {
             .ack(order.id, order.placed_at)
             .with_event_type(order.kind))
     }
+
+    /// A batch's new orders in one multi-row insert (`transactional-batch`).
+    pub(super) async fn consume_batch(
+        &self,
+        orders: Vec<BenchOrder>,
+        ctx: &mut BatchContext<'_>,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let Some(first) = ctx.deliveries().first() else {
+            return Ok(Vec::new());
+        };
+        let group = first.metadata.group_id.clone();
+        let rows: Vec<_> = orders
+            .iter()
+            .map(|order| {
+                (
+                    checkpoint_bench_effects::group_id.eq(group.clone()),
+                    checkpoint_bench_effects::order_id.eq(order.id.clone()),
+                )
+            })
+            .collect();
+        ctx.tx()
+            .execute_owned(diesel::insert_into(checkpoint_bench_effects::table).values(rows))
+            .await?;
+        Ok(orders
+            .into_iter()
+            .map(|order| Outcome::ack(order.id, order.placed_at).with_event_type(order.kind))
+            .collect())
+    }
 }
 
 pub(super) fn effects_ddl(backend: Backend) -> &'static str {
