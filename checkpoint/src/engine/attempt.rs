@@ -99,15 +99,19 @@ pub(super) struct Called<T = Outcome> {
     pub(super) interrupted: bool,
 }
 
-/// Polls `call` (handler code `site`) to its end, reaching the crash point inside it: a panic
-/// becomes a permanent error of class `panic`, and `limit`, when given, drops the call at its
-/// pending await, which counts as interrupted.
-pub(super) async fn guarded_call<T>(
+/// Calls handler code `site` and polls the future it returns to its end, reaching the crash
+/// point inside it: a panic, while the future is made or polled, becomes a permanent error of
+/// class `panic`, and `limit`, when given, drops the call at its pending await, which counts
+/// as interrupted.
+pub(super) async fn guarded_call<T, F>(
     site: &str,
-    call: impl Future<Output = Result<T, HandlerError>>,
+    call: impl FnOnce() -> F,
     limit: Option<Duration>,
-) -> Called<T> {
-    let call = AssertUnwindSafe(crash::inside(call)).catch_unwind();
+) -> Called<T>
+where
+    F: Future<Output = Result<T, HandlerError>>,
+{
+    let call = AssertUnwindSafe(async move { crash::inside(call()).await }).catch_unwind();
     let caught = match limit {
         None => call.await,
         Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -236,7 +240,7 @@ impl<'a> Attempt<'a> {
         let mut ctx = Context::new(&self.metadata, conn);
         let called = guarded_call(
             "consume",
-            self.handler.consume(self.message, &mut ctx),
+            || self.handler.consume(self.message, &mut ctx),
             self.policy.handler_timeout,
         )
         .await;

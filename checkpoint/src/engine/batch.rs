@@ -10,6 +10,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+
 use super::attempt::{AckFields, Attempt, close_left_open, guarded_call};
 use super::modes::abandon;
 use super::session::{CheckedAhead, Progress};
@@ -412,15 +414,33 @@ impl Engine {
             .handler_timeout
             .map(|limit| limit.saturating_mul(u32::try_from(deliveries.len()).unwrap_or(u32::MAX)));
         crash::reach(CrashPoint::BeforeConsume);
-        let mut ctx = BatchContext::new(&deliveries, rows.conn.reborrow());
-        let Some(call) = first.handler.consume_batch(&mut ctx) else {
-            return Ok(None);
+        let mut offered = true;
+        let called = {
+            let mut ctx = BatchContext::new(&deliveries, rows.conn.reborrow());
+            let handler = first.handler;
+            let (handed, offer) = (&mut ctx, &mut offered);
+            // Made inside the guard: a panic while it makes its future is caught too.
+            let call = move || {
+                // Moved, not reborrowed: the future keeps the context for its whole life.
+                let handed = handed;
+                match handler.consume_batch(handed) {
+                    Some(call) => Either::Left(call),
+                    None => {
+                        *offer = false;
+                        Either::Right(std::future::ready(Ok(Vec::new())))
+                    }
+                }
+            };
+            let called = guarded_call("consume_batch", call, limit).await;
+            if !offered {
+                return Ok(None);
+            }
+            if called.interrupted {
+                called
+            } else {
+                close_left_open("consume_batch", ctx.tx(), called, |_| true, first.message).await
+            }
         };
-        let mut called = guarded_call("consume_batch", call, limit).await;
-        if !called.interrupted {
-            called =
-                close_left_open("consume_batch", ctx.tx(), called, |_| true, first.message).await;
-        }
         if called.interrupted {
             return Ok(Some(Consumed::Interrupted(BatchOutcome {
                 settled: Vec::new(),

@@ -3,6 +3,7 @@
 
 use crate::support::TestDb;
 use crate::support::handlers::{BatchStep, Scripted, Step, event_time};
+use checkpoint::handler::BoxFuture;
 use checkpoint::prelude::*;
 use checkpoint::store::ListQuery;
 use checkpoint::{Disposition, Engine, Origin};
@@ -464,7 +465,78 @@ async fn a_batch_result_that_is_not_kept_goes_one_message_at_a_time(db: TestDb) 
     db.cleanup().await;
 }
 
+/// A hand-written transactional handler whose `consume` and `consume_batch` panic on the
+/// payload `boom` themselves, before they make the future they return.
+struct EagerPanic;
+
+impl Handler for EagerPanic {
+    fn name(&self) -> &str {
+        "eager-panic"
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        Some(0)
+    }
+
+    fn transactional(&self) -> bool {
+        true
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        _ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
+        assert!(message.payload != b"boom", "boom before the future");
+        Box::pin(async move { Ok(Outcome::ack("eager", event_time())) })
+    }
+
+    fn consume_batch<'a>(
+        &'a self,
+        ctx: &'a mut BatchContext<'_>,
+    ) -> Option<BoxFuture<'a, Result<Vec<Outcome>, HandlerError>>> {
+        let batch = ctx.deliveries();
+        assert!(
+            batch.iter().all(|d| d.message.payload != b"boom"),
+            "boom before the batch future"
+        );
+        Some(Box::pin(async move {
+            Ok(batch
+                .iter()
+                .map(|_| Outcome::ack("eager", event_time()))
+                .collect())
+        }))
+    }
+}
+
+/// A panic while `consume` or `consume_batch` makes its future is caught like one inside it:
+/// the batch goes one by one and only the panicking message fails.
+async fn a_panic_before_the_future_exists_fails_only_its_message(db: TestDb) {
+    let engine = Engine::new(db.store.clone());
+    let origin = Origin::new("eager");
+    let outcome = engine
+        .process_batch(&EagerPanic, &batch(&["x", "boom", "y"]), &origin, 0)
+        .await
+        .expect("batch");
+    assert_eq!(kinds(&outcome.settled), ["ack", "failed", "ack"]);
+    let Some(Disposition::Failed { error, .. }) = outcome.settled.get(1) else {
+        panic!("the second message failed: {:?}", outcome.settled);
+    };
+    assert_eq!(error.class(), "panic");
+    assert!(
+        error.message().contains("boom before the future"),
+        "{error}"
+    );
+    let outcome = engine
+        .process_batch(&EagerPanic, &batch(&["z1", "z2"]), &origin, 0)
+        .await
+        .expect("a clean batch");
+    assert_eq!(kinds(&outcome.settled), ["ack", "ack"]);
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    a_panic_before_the_future_exists_fails_only_its_message,
     a_batch_handler_takes_the_new_messages_in_one_call,
     a_batch_result_that_is_not_kept_goes_one_message_at_a_time,
     per_message_batches,
