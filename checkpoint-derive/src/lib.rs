@@ -76,6 +76,17 @@ use crate::ast::Extractor;
 /// A payload that does not decode is a *permanent* error: it becomes a failure at once, without
 /// retries. (The macro looks at how the type is spelled, so an alias of `String` is JSON.)
 ///
+/// # `consume_batch`
+/// A transactional handler may add at most one fn named `consume_batch`, `async fn` or plain
+/// `fn`, taking `&self`, the payloads as a `Vec<T>` (each decoded as `consume`'s payload is)
+/// and optionally `ctx: &mut BatchContext<'_>` (the batch's open transaction and its
+/// deliveries), returning `Vec<Outcome>` or `Result<Vec<Outcome>, E>`, one outcome per payload
+/// in order. With `batch_size > 1` the engine hands it a batch's new messages in one call; its
+/// work is kept only when every outcome is an ack that fits the store, else it is rolled back
+/// and the messages go through `consume` one by one (a payload that does not decode does the
+/// same). See `Handler::consume_batch`. Declared on a handler without `transactional`, it is a
+/// compile error.
+///
 /// # Arguments
 /// - `max_retries = <u32>`: retries after the first failed attempt before a failure is
 ///   recorded. Leave it out to retry forever.
@@ -185,7 +196,8 @@ use crate::ast::Extractor;
 /// ```
 ///
 /// # Compile-time checks
-/// Unknown arguments, wrong literal types, a missing or repeated `consume`, repeated or
+/// Unknown arguments, wrong literal types, a missing or repeated `consume`, a repeated or
+/// non-transactional `consume_batch`, repeated or
 /// misplaced extractors and bad signatures are compile errors spanned on the offending tokens,
 /// all reported in one compile. A payload type that cannot be decoded, a `consume` whose return
 /// type does not convert into an outcome and a non-`Send` future are reported at the user's

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::TestDb;
+use crate::support::handlers::{BatchStep, Scripted, Step};
 use crate::support::kafka::{Cluster, wait_until};
 use crate::support::proxy::Proxy;
 use checkpoint::handler::BoxFuture;
@@ -121,6 +122,52 @@ async fn a_hung_consume_is_cut_off_by_handler_timeout_and_retried(db: TestDb) {
         handler.calls.load(Ordering::SeqCst),
         2,
         "one hung call, one retry"
+    );
+    stop.send(()).expect("stop");
+    task.await.expect("join").expect("listener");
+    db.cleanup().await;
+}
+
+/// A `consume_batch` that never returns is cut off at `handler_timeout` times its messages:
+/// its transaction is discarded with what it wrote, and the batch's messages go through
+/// `consume` one by one, each written once.
+async fn a_hung_consume_batch_is_cut_off_and_its_messages_go_one_by_one(db: TestDb) {
+    db.create_side_effects_table().await;
+    let (topic, group) = ("orders", "hung-batch");
+    let cluster = Cluster::new(topic, 1);
+    let tokens = ["t1", "t2", "t3"];
+    let records: Vec<_> = tokens
+        .iter()
+        .map(|t| (0, format!("k-{t}"), t.as_bytes().to_vec()))
+        .collect();
+    cluster.produce(topic, &records).await;
+    let handler = Arc::new(
+        Scripted::new(Step::Ack)
+            .transactional()
+            .batched(BatchStep::Ack, &[BatchStep::Hang]),
+    );
+    let listener = Listener::new(
+        spec(&cluster, handler.clone(), topic, group)
+            .batch_size(10)
+            .handler_timeout(Duration::from_millis(200)),
+        Engine::new(db.store.clone()),
+    );
+    let (stop, task) = start(listener);
+    wait_until(PATIENCE, "the three messages stored", || async {
+        db.event_count().await == 3
+    })
+    .await;
+    assert!(
+        !handler.batch_sizes().is_empty(),
+        "consume_batch was called (and hung)"
+    );
+    for token in tokens {
+        assert_eq!(db.side_effects(token).await, 1, "{token}");
+    }
+    assert_eq!(
+        db.total_side_effects().await,
+        3,
+        "the hung call's writes were discarded with its transaction"
     );
     stop.send(()).expect("stop");
     task.await.expect("join").expect("listener");
@@ -280,6 +327,7 @@ async fn a_partition_stuck_behind_a_failing_message_holds_only_its_share(db: Tes
 on_every_backend!(
     a_partition_stuck_behind_a_failing_message_holds_only_its_share,
     a_hung_consume_is_cut_off_by_handler_timeout_and_retried,
+    a_hung_consume_batch_is_cut_off_and_its_messages_go_one_by_one,
     received_messages_stay_within_max_queued_bytes,
     a_store_error_that_waiting_cannot_fix_stops_the_listener,
 );

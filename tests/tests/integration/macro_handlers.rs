@@ -415,7 +415,122 @@ async fn a_transactional_handler_commits_or_rolls_back_its_writes(db: TestDb) {
     db.cleanup().await;
 }
 
+/// A generated transactional handler with `consume_batch`, counting the calls of each form.
+#[derive(Default)]
+struct Deliveries {
+    batch_calls: AtomicU32,
+    calls: AtomicU32,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Parcel {
+    id: String,
+}
+
+#[checkpoint_handler(transactional, max_retries = 0)]
+impl Deliveries {
+    async fn consume(
+        &self,
+        parcel: Parcel,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        use crate::support::handlers::side_effects;
+        use diesel::prelude::*;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        ctx.tx()?
+            .execute(
+                diesel::insert_into(side_effects::table)
+                    .values(side_effects::token.eq(parcel.id.clone())),
+            )
+            .await?;
+        Ok(ctx.ack(parcel.id, Utc::now()))
+    }
+
+    async fn consume_batch(
+        &self,
+        parcels: Vec<Parcel>,
+        ctx: &mut BatchContext<'_>,
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        use crate::support::handlers::side_effects;
+        use diesel::prelude::*;
+        self.batch_calls.fetch_add(1, Ordering::SeqCst);
+        let rows: Vec<_> = parcels
+            .iter()
+            .map(|p| side_effects::token.eq(p.id.clone()))
+            .collect();
+        ctx.tx()
+            .execute_owned(diesel::insert_into(side_effects::table).values(rows))
+            .await?;
+        Ok(parcels
+            .into_iter()
+            .map(|p| Outcome::ack(p.id, Utc::now()))
+            .collect())
+    }
+}
+
+/// The generated `consume_batch` decodes every payload for the user's fn; a payload that does
+/// not decode sends the batch one by one, where that message alone fails.
+async fn a_generated_batch_handler_decodes_the_batch_or_goes_one_by_one(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    let origin = Origin::new("delivery");
+    let handler = Deliveries::default();
+    let parcels = |payloads: &[&str], first: i64| -> Vec<Message> {
+        payloads
+            .iter()
+            .zip(first..)
+            .map(|(p, offset)| Message::new("parcels", 0, offset, *p))
+            .collect()
+    };
+    let outcome = engine
+        .process_batch(
+            &handler,
+            &parcels(&[r#"{"id":"p1"}"#, r#"{"id":"p2"}"#], 0),
+            &origin,
+            0,
+        )
+        .await
+        .expect("batch");
+    assert_eq!(
+        outcome.settled.iter().map(kind).collect::<Vec<_>>(),
+        ["acknowledged"; 2]
+    );
+    assert_eq!(handler.batch_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+
+    let outcome = engine
+        .process_batch(
+            &handler,
+            &parcels(&[r#"{"id":"p3"}"#, "not json", r#"{"id":"p4"}"#], 2),
+            &origin,
+            0,
+        )
+        .await
+        .expect("batch with a bad payload");
+    assert_eq!(
+        outcome.settled.iter().map(kind).collect::<Vec<_>>(),
+        ["acknowledged", "failed", "acknowledged"]
+    );
+    assert_eq!(
+        handler.batch_calls.load(Ordering::SeqCst),
+        1,
+        "the bad payload fails the generated consume_batch before the user's fn"
+    );
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        2,
+        "consume for p3 and p4; the bad payload fails before the user's fn"
+    );
+    for token in ["p1", "p2", "p3", "p4"] {
+        assert_eq!(db.side_effects(token).await, 1, "{token}");
+    }
+    assert_eq!(db.total_side_effects().await, 4);
+    assert_eq!(db.event_count().await, 4);
+    db.cleanup().await;
+}
+
 on_every_backend!(
+    a_generated_batch_handler_decodes_the_batch_or_goes_one_by_one,
     a_generated_handler_behaves_like_the_hand_written_one,
     a_dedup_key_dedups_by_the_extracted_key,
     a_transactional_handler_commits_or_rolls_back_its_writes,

@@ -44,6 +44,8 @@ pub enum BatchStep {
     OverLongAck,
     /// Opens a transaction of its own, writes `batch-inner` in it and acks without closing it.
     AckLeavingOwnTransactionOpen,
+    /// Never returns.
+    Hang,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +242,7 @@ impl Handler for Scripted {
                 .await?;
             match step {
                 BatchStep::Panic => panic!("bug in consume_batch"),
+                BatchStep::Hang => std::future::pending::<()>().await,
                 BatchStep::AckLeavingOwnTransactionOpen => {
                     in_own_transaction(ctx.tx(), "batch-inner".to_owned(), false).await;
                 }
@@ -270,7 +273,10 @@ impl Handler for Scripted {
                         *first = Outcome::ack("x".repeat(300), event_time());
                     }
                 }
-                BatchStep::Ack | BatchStep::Panic | BatchStep::AckLeavingOwnTransactionOpen => {}
+                BatchStep::Ack
+                | BatchStep::Panic
+                | BatchStep::Hang
+                | BatchStep::AckLeavingOwnTransactionOpen => {}
             }
             Ok(outcomes)
         }))
