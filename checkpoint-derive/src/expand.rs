@@ -165,12 +165,17 @@ fn consume_signature() -> TokenStream {
 fn decode(consume: &Consume) -> TokenStream {
     let ty = consume.payload;
     let span = ty.span();
-    let decoder = match consume.payload_kind {
-        PayloadKind::Raw => Ident::new("decode_raw_payload", span),
-        PayloadKind::Json | PayloadKind::Borrowed => Ident::new("decode_json_payload", span),
-    };
+    let decoder = decoder(consume.payload_kind, span);
     quote_spanned! {span=>
         ::checkpoint::__private::#decoder::<#ty>(&__checkpoint_message.payload)
+    }
+}
+
+/// The `__private` fn that decodes a payload of `kind`, spanned at the payload type.
+fn decoder(kind: PayloadKind, span: Span) -> Ident {
+    match kind {
+        PayloadKind::Raw => Ident::new("decode_raw_payload", span),
+        PayloadKind::Json | PayloadKind::Borrowed => Ident::new("decode_json_payload", span),
     }
 }
 
@@ -214,10 +219,7 @@ fn consume_fn(consume: &Consume) -> TokenStream {
 fn consume_batch_fn(batch: &ConsumeBatch) -> TokenStream {
     let ty = batch.payload;
     let span = ty.span();
-    let decoder = match batch.payload_kind {
-        PayloadKind::Raw => Ident::new("decode_raw_payload", span),
-        PayloadKind::Json | PayloadKind::Borrowed => Ident::new("decode_json_payload", span),
-    };
+    let decoder = decoder(batch.payload_kind, span);
     let decode = quote_spanned! {span=>
         ::checkpoint::__private::#decoder::<#ty>(&__checkpoint_delivery.message.payload)
     };

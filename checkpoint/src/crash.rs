@@ -9,8 +9,8 @@
 /// Where a consumer process can die, in the order a message meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CrashPoint {
-    /// The duplicate check is done (and, in a transactional mode, the message is claimed);
-    /// `consume` has not been called.
+    /// The duplicate check is done (and, in a transactional mode, the message is claimed,
+    /// unless its batch goes through `consume_batch`); `consume` has not been called.
     BeforeConsume,
     /// `consume` is running: it has reached its first await, or, if it never waits, it has
     /// returned and nothing has seen its result yet.
@@ -74,19 +74,29 @@ impl serde::Serialize for CrashPoint {
     }
 }
 
-/// Runs `consume`, reaching [`CrashPoint::InsideConsume`] right after its first poll: at its
-/// first await, or, for a handler that never waits, before anything sees its result.
-pub(crate) async fn inside<F: Future>(consume: F) -> F::Output {
+/// Runs `consume`, a call for `messages` messages (`consume_batch` takes many), reaching
+/// [`CrashPoint::InsideConsume`] once per message right after its first poll: at its first
+/// await, or, for a handler that never waits, before anything sees its result.
+pub(crate) async fn inside<F: Future>(consume: F, messages: usize) -> F::Output {
     let mut consume = std::pin::pin!(consume);
     let mut first = true;
     std::future::poll_fn(|cx| {
         let poll = consume.as_mut().poll(cx);
         if std::mem::take(&mut first) {
-            reach(CrashPoint::InsideConsume);
+            reach_for(CrashPoint::InsideConsume, messages);
         }
         poll
     })
     .await
+}
+
+/// Marks `point` once for each of `messages` messages that are there together (a batch's
+/// messages before and inside one `consume_batch` call), so that an armed point counts
+/// messages whichever way they are consumed.
+pub(crate) fn reach_for(point: CrashPoint, messages: usize) {
+    for _ in 0..messages {
+        reach(point);
+    }
 }
 
 /// Marks `point`: a no-op unless a chaos consumer armed it.

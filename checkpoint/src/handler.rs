@@ -452,20 +452,25 @@ pub trait Handler: Send + Sync + 'static {
     /// can write their rows in one statement instead of one per message. `None`, the default,
     /// means the handler has no such form: each message goes through [`Handler::consume`].
     ///
-    /// Called only for transactional handlers with `batch_size > 1`, with the batch's
-    /// messages that are not stored yet ([`BatchContext::deliveries`]), in order, each at most
-    /// once; stored ones are left out, and a batch with a key twice goes one by one. The
-    /// returned outcomes belong to the deliveries in order.
+    /// Called only for transactional handlers in batch processing (a listener with
+    /// `batch_size > 1`, or [`Engine::process_batch`](crate::Engine::process_batch)), with the
+    /// batch's messages that were not stored at its duplicate check
+    /// ([`BatchContext::deliveries`]), in order. Nothing is claimed before the call; the
+    /// events are inserted, complete, after it. A batch goes one by one instead when it holds a
+    /// key twice, a message whose dedup key could not be used, or a first message that is a
+    /// retry. The returned outcomes belong to the deliveries in order.
     ///
     /// It must have the effect of calling `consume` on each message in turn: the engine keeps
     /// its work only when it returns one [`Outcome::Ack`] per message whose fields fit the
-    /// store. Anything else (an error, a skip, a panic, a wrong number of outcomes, a
-    /// transaction of its own left open, a timeout) rolls back everything the call wrote, and
-    /// the same messages go through `consume` one by one, each in a savepoint of its own, so
-    /// that each ends as its own ack, skip or failure row. Writes through [`BatchContext::tx`]
-    /// are thus exactly-once; effects outside the transaction are repeated when that happens.
-    /// The listener's `handler_timeout` bounds the call at that limit times the number of
-    /// messages.
+    /// store, and every event goes in (none was stored meanwhile by another consumer).
+    /// Anything else (an error, a skip, a panic, a wrong number of outcomes, a transaction of
+    /// its own left open, such a key) rolls back everything the call wrote, and the same
+    /// messages go through `consume` one by one, each in a savepoint of its own, so that each
+    /// ends as its own ack, skip or failure row. The listener's `handler_timeout` bounds the
+    /// call at that limit times the number of messages; when it fires, the batch's transaction
+    /// and connection are discarded (a warning is logged) and its messages are consumed one at
+    /// a time, each in its own transaction. Writes through [`BatchContext::tx`] are thus
+    /// exactly-once; effects outside the transaction are repeated when the call is not kept.
     fn consume_batch<'a>(
         &'a self,
         _ctx: &'a mut BatchContext<'_>,

@@ -59,6 +59,32 @@ impl Sink {
     }
 }
 
+/// `H` without its `consume_batch`: a transactional batch of it goes one message at a time,
+/// each in a savepoint, as a handler without that form does.
+pub struct OneByOne<H>(pub H);
+
+impl<H: Handler> Handler for OneByOne<H> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn max_retries(&self) -> Option<u32> {
+        self.0.max_retries()
+    }
+
+    fn transactional(&self) -> bool {
+        self.0.transactional()
+    }
+
+    fn consume<'a>(
+        &'a self,
+        message: &'a Message,
+        ctx: &'a mut Context<'_>,
+    ) -> checkpoint::handler::BoxFuture<'a, Result<Outcome, HandlerError>> {
+        self.0.consume(message, ctx)
+    }
+}
+
 /// A per-message (not transactional) handler whose side effect happens *outside* the
 /// checkpoint transaction, as a call to another service would: it records the order in
 /// `side_effects` on a connection of its own, announces `APPLIED <id>` on standard output,

@@ -99,10 +99,10 @@ pub(super) struct Called<T = Outcome> {
     pub(super) interrupted: bool,
 }
 
-/// Calls handler code `site` and polls the future it returns to its end, reaching the crash
-/// point inside it: a panic, while the future is made or polled, becomes a permanent error of
-/// class `panic`, and `limit`, when given, drops the call at its pending await, which counts
-/// as interrupted.
+/// Calls handler code `site` and polls the future it returns to its end: a panic, while the
+/// future is made or polled, becomes a permanent error of class `panic`, and `limit`, when
+/// given, drops the call at its pending await, which counts as interrupted. `call` reaches
+/// the crash point inside it ([`crash::inside`]).
 pub(super) async fn guarded_call<T, F>(
     site: &str,
     call: impl FnOnce() -> F,
@@ -111,7 +111,7 @@ pub(super) async fn guarded_call<T, F>(
 where
     F: Future<Output = Result<T, HandlerError>>,
 {
-    let call = AssertUnwindSafe(async move { crash::inside(call()).await }).catch_unwind();
+    let call = AssertUnwindSafe(async move { call().await }).catch_unwind();
     let caught = match limit {
         None => call.await,
         Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -240,7 +240,7 @@ impl<'a> Attempt<'a> {
         let mut ctx = Context::new(&self.metadata, conn);
         let called = guarded_call(
             "consume",
-            || self.handler.consume(self.message, &mut ctx),
+            || crash::inside(self.handler.consume(self.message, &mut ctx), 1),
             self.policy.handler_timeout,
         )
         .await;

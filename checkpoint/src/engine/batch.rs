@@ -7,7 +7,7 @@
 //! its neighbours; a message that must be retried ends the batch there, after everything
 //! before it is settled.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
@@ -83,6 +83,23 @@ impl Rows for Savepoints<'_, '_> {
     ) -> Result<i64, EngineError> {
         // Inside the batch transaction: an outage aborts it, and the batch is run again.
         Ok(self.conn.record_failure(row).await?)
+    }
+}
+
+/// The rows of a batch kept from `consume_batch`: its events were inserted complete before the
+/// verdicts are concluded, so an ack has nothing left to store (it is notified with the
+/// batch's commit).
+struct Inserted;
+
+impl Rows for Inserted {
+    async fn ack(
+        &mut self,
+        _: &Engine,
+        _: &Attempt<'_>,
+        _: &AckFields,
+        _: &dyn Progress,
+    ) -> Result<Option<bool>, EngineError> {
+        Ok(None)
     }
 }
 
@@ -325,9 +342,10 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Inside the batch transaction: claim every new key in one statement, consume the
-    /// claimed messages (in one call of the handler's `consume_batch` when it has one and its
-    /// result is kept, else each in a savepoint), then complete the acked claims in one pass.
+    /// Inside the batch transaction: the new messages through the handler's `consume_batch`
+    /// and their complete events in one insert, when it has one and its result is kept;
+    /// otherwise claim every new key in one statement, consume each claimed message in a
+    /// savepoint, then complete the acked claims in one pass.
     async fn claim_and_consume(
         &self,
         conn: &mut Conn<'_>,
@@ -335,12 +353,28 @@ impl Engine {
         existing: &HashSet<String>,
         progress: &dyn Progress,
     ) -> Result<BatchOutcome, EngineError> {
-        let empty = AckFields::default();
-        let claims: Vec<NewEvent<'_>> = attempts
+        let fresh: Vec<&Attempt<'_>> = attempts
             .iter()
             .filter(|a| !existing.contains(&a.metadata.checksum))
-            .map(|a| a.event_row(&empty))
             .collect();
+        let fits = whole_batch_fits(attempts, &fresh);
+        if fits {
+            conn.mark_message(true).await?;
+            match self.consume_whole(conn, attempts, &fresh, progress).await? {
+                Some(Consumed::Interrupted(outcome)) => return Ok(outcome),
+                Some(Consumed::Settled { settled, retry }) => {
+                    return Ok(BatchOutcome {
+                        settled,
+                        retry,
+                        next_checked: None,
+                        interrupted: false,
+                    });
+                }
+                None => {}
+            }
+        }
+        let empty = AckFields::default();
+        let claims: Vec<NewEvent<'_>> = fresh.iter().map(|a| a.event_row(&empty)).collect();
         let flags = conn.insert_events(&claims).await?;
         let claimed: HashSet<&str> = claims
             .iter()
@@ -353,22 +387,10 @@ impl Engine {
             acked: Vec::new(),
             current: 0,
         };
-        let fits = whole_batch_fits(attempts, &claimed);
-        let mut whole = None;
-        if fits {
-            rows.conn.mark_message(true).await?;
-            whole = self
-                .consume_whole(&mut rows, attempts, &claimed, progress)
-                .await?;
-        }
-        let consumed = match whole {
-            Some(consumed) => consumed,
-            // The savepoint set for consume_batch serves the first message.
-            None => {
-                self.one_by_one(&mut rows, attempts, claimed, fits, progress)
-                    .await?
-            }
-        };
+        // The savepoint set for consume_batch serves the first message.
+        let consumed = self
+            .one_by_one(&mut rows, attempts, claimed, fits, progress)
+            .await?;
         let (settled, retry) = match consumed {
             Consumed::Interrupted(outcome) => return Ok(outcome),
             Consumed::Settled { settled, retry } => (settled, retry),
@@ -387,21 +409,20 @@ impl Engine {
         })
     }
 
-    /// The claimed messages through the handler's `consume_batch` in one call, after the
-    /// savepoint the caller set. `None` when the handler has no such form, or its result is
-    /// not kept (see [`Handler::consume_batch`]): then everything the call wrote is rolled
-    /// back to that savepoint, and the messages go one by one.
+    /// The batch's new messages (`fresh`: those not stored at the duplicate check, in order)
+    /// through the handler's `consume_batch` in one call, after the savepoint the caller set,
+    /// then their events, complete, in one insert. Nothing is claimed first: a key another consumer stored since the duplicate
+    /// check makes the insert skip it, and then nothing of the call is kept. `None` when the
+    /// handler has no such form, or its result is not kept (see [`Handler::consume_batch`]):
+    /// everything the call wrote is rolled back to that savepoint, and the messages go one by
+    /// one.
     async fn consume_whole(
         &self,
-        rows: &mut Savepoints<'_, '_>,
+        conn: &mut Conn<'_>,
         attempts: &[Attempt<'_>],
-        claimed: &HashSet<&str>,
+        fresh: &[&Attempt<'_>],
         progress: &dyn Progress,
     ) -> Result<Option<Consumed>, EngineError> {
-        let fresh: Vec<&Attempt<'_>> = attempts
-            .iter()
-            .filter(|a| claimed.contains(a.metadata.checksum.as_str()))
-            .collect();
         let Some(first) = fresh.first() else {
             return Ok(None);
         };
@@ -413,10 +434,10 @@ impl Engine {
             .policy
             .handler_timeout
             .map(|limit| limit.saturating_mul(u32::try_from(deliveries.len()).unwrap_or(u32::MAX)));
-        crash::reach(CrashPoint::BeforeConsume);
+        let count = deliveries.len();
         let mut offered = true;
         let called = {
-            let mut ctx = BatchContext::new(&deliveries, rows.conn.reborrow());
+            let mut ctx = BatchContext::new(&deliveries, conn.reborrow());
             let handler = first.handler;
             let (handed, offer) = (&mut ctx, &mut offered);
             // Made inside the guard: a panic while it makes its future is caught too.
@@ -424,7 +445,11 @@ impl Engine {
                 // Moved, not reborrowed: the future keeps the context for its whole life.
                 let handed = handed;
                 match handler.consume_batch(handed) {
-                    Some(call) => Either::Left(call),
+                    Some(call) => {
+                        // Made, not yet polled: each message is before its consume.
+                        crash::reach_for(CrashPoint::BeforeConsume, count);
+                        Either::Left(crash::inside(call, count))
+                    }
                     None => {
                         *offer = false;
                         Either::Right(std::future::ready(Ok(Vec::new())))
@@ -442,12 +467,17 @@ impl Engine {
             }
         };
         if called.interrupted {
-            return Ok(Some(Consumed::Interrupted(BatchOutcome {
-                settled: Vec::new(),
-                retry: called.result.err(),
-                next_checked: None,
-                interrupted: true,
-            })));
+            let error = called.result.err();
+            tracing::warn!(
+                target: "checkpoint", topic = %first.message.topic,
+                partition = first.message.partition, offset = first.message.offset,
+                messages = count, error = error.as_ref().map(ToString::to_string),
+                "consume_batch was cut off or left the batch transaction unusable; the \
+                 transaction is discarded and the batch's messages go one by one"
+            );
+            return Ok(Some(Consumed::Interrupted(BatchOutcome::interrupted(
+                error,
+            ))));
         }
         let kept = match called.result {
             Err(error) => Err(format!("it failed: {error}")),
@@ -458,7 +488,7 @@ impl Engine {
             )),
             Ok(outcomes) => outcomes
                 .into_iter()
-                .zip(&fresh)
+                .zip(fresh)
                 .map(|(outcome, attempt)| match outcome {
                     Outcome::Ack(ack) => attempt.ack_fields(ack).map_err(|error| {
                         format!("the ack of offset {}: {error}", attempt.message.offset)
@@ -469,33 +499,34 @@ impl Engine {
         };
         let fields = match kept {
             Ok(fields) => fields,
-            Err(reason) => {
-                tracing::info!(
-                    target: "checkpoint", topic = %first.message.topic,
-                    partition = first.message.partition, offset = first.message.offset,
-                    messages = fresh.len(), %reason,
-                    "consume_batch's result is not kept; its writes are rolled back and the \
-                     messages go through consume one by one"
-                );
-                rows.conn.undo_message().await?;
-                return Ok(None);
-            }
+            Err(reason) => return not_kept(conn, first.message, fresh.len(), &reason).await,
         };
-        let mut fields = fields.into_iter();
+        let events: Vec<NewEvent<'_>> = fresh
+            .iter()
+            .zip(&fields)
+            .map(|(attempt, fields)| attempt.event_row(fields))
+            .collect();
+        let inserted = conn.insert_events(&events).await?;
+        let taken = inserted.iter().filter(|inserted| !**inserted).count();
+        if taken > 0 {
+            let reason = format!("another consumer stored {taken} of its keys meanwhile");
+            return not_kept(conn, first.message, fresh.len(), &reason).await;
+        }
+        // `fresh` is a subsequence of `attempts`, and its keys are distinct: pair by key.
+        let mut acks: HashMap<&str, AckFields> = fresh
+            .iter()
+            .map(|a| a.metadata.checksum.as_str())
+            .zip(fields)
+            .collect();
         let mut settled = Vec::with_capacity(attempts.len());
-        for (i, attempt) in attempts.iter().enumerate() {
-            let ack = claimed
-                .contains(attempt.metadata.checksum.as_str())
-                .then(|| fields.next())
-                .flatten();
-            let Some(ack) = ack else {
+        for attempt in attempts {
+            let Some(ack) = acks.remove(attempt.metadata.checksum.as_str()) else {
                 self.fire(Notification::EventAlreadyConsumed, attempt, None);
                 settled.push(Disposition::AlreadyConsumed);
                 continue;
             };
-            rows.current = i;
             let disposition = self
-                .conclude(rows, attempt, Verdict::Ack(ack), progress)
+                .conclude(&mut Inserted, attempt, Verdict::Ack(ack), progress)
                 .await?;
             settled.push(disposition);
         }
@@ -538,12 +569,9 @@ impl Engine {
                 None => {
                     let called = self.consume(attempt, Some(rows.conn.reborrow())).await;
                     if called.interrupted {
-                        return Ok(Consumed::Interrupted(BatchOutcome {
-                            settled: Vec::new(),
-                            retry: called.result.err(),
-                            next_checked: None,
-                            interrupted: true,
-                        }));
+                        return Ok(Consumed::Interrupted(BatchOutcome::interrupted(
+                            called.result.err(),
+                        )));
                     }
                     self.triage(attempt, called.result, RetryMode::Decide)
                 }
@@ -588,19 +616,34 @@ enum Consumed {
     Interrupted(BatchOutcome),
 }
 
-/// Whether the batch may go through `consume_batch`: it has claimed messages, each of them
-/// usable (no dedup key problem) and its key's only one in the batch, and the first message
-/// is not a retry (it failed before; it goes one by one).
-fn whole_batch_fits(attempts: &[Attempt<'_>], claimed: &HashSet<&str>) -> bool {
-    let fresh = attempts
-        .iter()
-        .filter(|a| claimed.contains(a.metadata.checksum.as_str()));
+/// Whether the batch may go through `consume_batch`: it has new messages (`fresh`), each of them usable (no dedup key problem) and its key's only one in the
+/// batch, and the first message is not a retry (it failed before; it goes one by one).
+fn whole_batch_fits(attempts: &[Attempt<'_>], fresh: &[&Attempt<'_>]) -> bool {
+    let keys: HashSet<&str> = fresh.iter().map(|a| a.metadata.checksum.as_str()).collect();
     attempts
         .first()
         .is_some_and(|a| a.metadata.retry_count == 0)
-        && !claimed.is_empty()
-        && fresh.clone().count() == claimed.len()
-        && fresh.clone().all(|a| a.unusable.is_none())
+        && !fresh.is_empty()
+        && keys.len() == fresh.len()
+        && fresh.iter().all(|a| a.unusable.is_none())
+}
+
+/// Rolls back what a `consume_batch` call of `count` messages from `first` wrote, to the
+/// savepoint set before it, saying why (`reason`); the messages then go one by one.
+async fn not_kept(
+    conn: &mut Conn<'_>,
+    first: &Message,
+    count: usize,
+    reason: &str,
+) -> Result<Option<Consumed>, EngineError> {
+    tracing::info!(
+        target: "checkpoint", topic = %first.topic, partition = first.partition,
+        offset = first.offset, messages = count, %reason,
+        "consume_batch's result is not kept; its writes are rolled back and the messages go \
+         through consume one by one"
+    );
+    conn.undo_message().await?;
+    Ok(None)
 }
 
 fn per_message(total: Duration, count: usize) -> Duration {

@@ -81,11 +81,24 @@ pub struct BatchOutcome {
     /// this batch ends in a retry (its remaining messages may still store keys the check does
     /// not know).
     pub next_checked: Option<CheckedAhead>,
-    /// A `consume` call was cut off by `handler_timeout` inside the batch transaction, or left
-    /// that transaction in a state that could not be restored: the transaction and its
-    /// connection were discarded, nothing of the batch is settled, and its messages are taken
-    /// one by one.
+    /// A `consume` or `consume_batch` call was cut off by `handler_timeout` inside the batch
+    /// transaction, or left that transaction in a state that could not be restored: the
+    /// transaction and its connection were discarded, nothing of the batch is settled, and its
+    /// messages are taken one by one.
     pub(crate) interrupted: bool,
+}
+
+impl BatchOutcome {
+    /// A batch whose transaction must be discarded because a call of handler code was
+    /// interrupted (see [`BatchOutcome::interrupted`]); `error` is why, when there is one.
+    pub(crate) fn interrupted(error: Option<HandlerError>) -> Self {
+        Self {
+            settled: Vec::new(),
+            retry: error,
+            next_checked: None,
+            interrupted: true,
+        }
+    }
 }
 
 /// An error of the engine itself (not of the handler).

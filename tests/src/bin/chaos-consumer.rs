@@ -1,7 +1,8 @@
 //! The consumer the chaos suite's harness starts and kills, written as a user would write
-//! theirs: `chaos-consumer per-message|transactional|batch` runs the suites' own handlers
-//! through [`ChaosConsumer`] ([`Effects`] per message, [`Sink`] in the transactional modes,
-//! batches of 50 in `batch`).
+//! theirs: `chaos-consumer per-message|transactional|batch|batch-one-by-one` runs the suites'
+//! own handlers through [`ChaosConsumer`] ([`Effects`] per message, [`Sink`] in the
+//! transactional modes, batches of 50 in the batch modes: through its `consume_batch` in
+//! `batch`, one message at a time in `batch-one-by-one`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use checkpoint::Handler;
 use checkpoint::testing::ChaosConsumer;
 use checkpoint::{Engine, Store};
-use checkpoint_tests::{Effects, Sink};
+use checkpoint_tests::{Effects, OneByOne, Sink};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,10 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_retries: Some(10),
         }),
         "transactional" | "batch" => Arc::new(Sink),
+        "batch-one-by-one" => Arc::new(OneByOne(Sink)),
         other => return Err(format!("unknown mode {other:?}").into()),
     };
     let mut spec = consumer.spec(handler).max_concurrency(3);
-    if mode == "batch" {
+    if mode.starts_with("batch") {
         spec = spec.batch_size(50);
     }
     consumer.run(spec, Engine::new(store)).await?;

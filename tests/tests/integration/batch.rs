@@ -465,6 +465,58 @@ async fn a_batch_result_that_is_not_kept_goes_one_message_at_a_time(db: TestDb) 
     db.cleanup().await;
 }
 
+/// `consume_batch` runs before anything is claimed: a key another consumer stores after the
+/// duplicate check makes the batch's insert skip it, and then nothing of the call is kept.
+/// The messages go one by one: that key is a duplicate, and only the others are written.
+async fn a_key_stored_meanwhile_undoes_the_batch_call(db: TestDb) {
+    db.create_side_effects_table().await;
+    let engine = Engine::new(db.store.clone());
+    let origin = Origin::new("billing");
+    let handler = Scripted::new(Step::Ack)
+        .transactional()
+        .batched(BatchStep::Ack, &[]);
+    let first = batch(&["f"]);
+    let next: Vec<Message> = ["x", "y"]
+        .iter()
+        .zip(20..)
+        .map(|(p, offset)| Message::new("orders", 0, offset, *p))
+        .collect();
+    let outcome = engine
+        .process_batch_checked(&handler, &first, &origin, 0, None, &next)
+        .await
+        .expect("first batch");
+    let checked = outcome.next_checked.expect("the next batch was checked");
+    // Another consumer stores "x" after the check.
+    engine
+        .process(
+            &Scripted::new(Step::Ack),
+            &Message::new("orders", 0, 5, "x"),
+            &origin,
+            0,
+        )
+        .await
+        .expect("x stored elsewhere");
+    let outcome = engine
+        .process_batch_checked(&handler, &next, &origin, 0, Some(checked), &[])
+        .await
+        .expect("next batch");
+    assert_eq!(kinds(&outcome.settled), ["duplicate", "ack"]);
+    assert_eq!(
+        handler.batch_sizes(),
+        [1, 2],
+        "the check did not know \"x\", so it was in the call"
+    );
+    assert_eq!(handler.calls(), 1, "consume for \"y\" alone");
+    assert_eq!(
+        db.side_effects("x").await,
+        0,
+        "the call's write of \"x\" was rolled back"
+    );
+    assert_eq!(db.side_effects("y").await, 1);
+    assert_eq!(db.event_count().await, 3, "f, x, y");
+    db.cleanup().await;
+}
+
 /// A hand-written transactional handler whose `consume` and `consume_batch` panic on the
 /// payload `boom` themselves, before they make the future they return.
 struct EagerPanic;
@@ -536,6 +588,7 @@ async fn a_panic_before_the_future_exists_fails_only_its_message(db: TestDb) {
 }
 
 on_every_backend!(
+    a_key_stored_meanwhile_undoes_the_batch_call,
     a_panic_before_the_future_exists_fails_only_its_message,
     a_batch_handler_takes_the_new_messages_in_one_call,
     a_batch_result_that_is_not_kept_goes_one_message_at_a_time,

@@ -76,6 +76,16 @@ async fn transactional_batches_survive_random_kills(db: TestDb) {
     db.cleanup().await;
 }
 
+async fn transactional_batches_one_by_one_survive_random_kills(db: TestDb) {
+    let report = chaos(&db, "batch-one-by-one").await;
+    assert!(
+        report.duplicates.is_empty(),
+        "no side effect applied twice: {:?}",
+        report.duplicates
+    );
+    db.cleanup().await;
+}
+
 /// Per-message mode writes the effect, then the checkpoint row, on two connections: a kill
 /// between them (at `inside-consume` or `after-consume` in the killed partition, or anywhere
 /// in a partition being processed at that moment) applies that message again when it is
@@ -94,5 +104,6 @@ async fn per_message_mode_repeats_only_what_a_kill_cut(db: TestDb) {
 on_every_backend!(
     transactional_mode_survives_random_kills,
     transactional_batches_survive_random_kills,
+    transactional_batches_one_by_one_survive_random_kills,
     per_message_mode_repeats_only_what_a_kill_cut,
 );
