@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use crate::args;
 use crate::ast::{self, Extractor, Input, PayloadKind};
 use crate::ctxt::Ctxt;
-use crate::valid::{self, Consume, ConsumeBatch, ExtractorSig, Handler};
+use crate::valid::{self, Consume, ExtractorSig, Handler};
 
 /// `#[checkpoint_handler(args)] item`, expanded; compiler-free so unit tests can call it.
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -179,20 +179,26 @@ fn decoder(kind: PayloadKind, span: Span) -> Ident {
     }
 }
 
-fn consume_fn(consume: &Consume) -> TokenStream {
-    let signature = consume_signature();
-    let decode = decode(consume);
-    let ctx = consume.takes_ctx.then(|| quote!(, __checkpoint_ctx));
-    let user_fn = &consume.sig.ident;
+/// The user's fn called with `payload` (and the context when it takes one), awaited when it is
+/// async; spanned at the fn's name and `async`.
+fn call_user_fn(user: &Consume, payload: &TokenStream) -> TokenStream {
+    let ctx = user.takes_ctx.then(|| quote!(, __checkpoint_ctx));
+    let user_fn = &user.sig.ident;
     let call = quote_spanned! {user_fn.span()=>
-        Self::#user_fn(self, __checkpoint_payload #ctx)
+        Self::#user_fn(self, #payload #ctx)
     };
-    let returned = match &consume.sig.asyncness {
+    match &user.sig.asyncness {
         Some(asyncness) => quote_spanned! {asyncness.span=>
             ::checkpoint::__private::assert_send_future(#call).await
         },
         None => call,
-    };
+    }
+}
+
+fn consume_fn(consume: &Consume) -> TokenStream {
+    let signature = consume_signature();
+    let decode = decode(consume);
+    let returned = call_user_fn(consume, &quote!(__checkpoint_payload));
     let output = consume.output;
     let convert = quote_spanned! {output.span()=>
         <#output as ::checkpoint::__private::ConsumeReturn>::into_consume_result(__checkpoint_returned)
@@ -216,24 +222,14 @@ fn consume_fn(consume: &Consume) -> TokenStream {
 /// `Handler::consume_batch`: decodes every payload into the element type of the user's
 /// `Vec<T>` (a payload that does not decode fails the call, so the batch goes one by one and
 /// that message fails in `consume`), then calls the user's fn.
-fn consume_batch_fn(batch: &ConsumeBatch) -> TokenStream {
+fn consume_batch_fn(batch: &Consume) -> TokenStream {
     let ty = batch.payload;
     let span = ty.span();
     let decoder = decoder(batch.payload_kind, span);
     let decode = quote_spanned! {span=>
         ::checkpoint::__private::#decoder::<#ty>(&__checkpoint_delivery.message.payload)
     };
-    let ctx = batch.takes_ctx.then(|| quote!(, __checkpoint_ctx));
-    let user_fn = &batch.sig.ident;
-    let call = quote_spanned! {user_fn.span()=>
-        Self::#user_fn(self, __checkpoint_payloads #ctx)
-    };
-    let returned = match &batch.sig.asyncness {
-        Some(asyncness) => quote_spanned! {asyncness.span=>
-            ::checkpoint::__private::assert_send_future(#call).await
-        },
-        None => call,
-    };
+    let returned = call_user_fn(batch, &quote!(__checkpoint_payloads));
     let output = batch.output;
     let convert = quote_spanned! {output.span()=>
         <#output as ::checkpoint::__private::ConsumeBatchReturn>::into_batch_result(__checkpoint_returned)

@@ -16,23 +16,14 @@ pub(crate) struct Handler<'a> {
     pub(crate) max_retries: Option<u32>,
     pub(crate) transactional: bool,
     pub(crate) consume: Consume<'a>,
-    pub(crate) consume_batch: Option<ConsumeBatch<'a>>,
+    pub(crate) consume_batch: Option<Consume<'a>>,
     pub(crate) extractors: Vec<ExtractorSig<'a>>,
 }
 
-/// The user's `consume_batch` fn.
-pub(crate) struct ConsumeBatch<'a> {
-    pub(crate) sig: &'a Signature,
-    /// `T` of its `Vec<T>` parameter.
-    pub(crate) payload: &'a Type,
-    pub(crate) payload_kind: PayloadKind,
-    pub(crate) takes_ctx: bool,
-    pub(crate) output: &'a Type,
-}
-
-/// The user's `consume` fn.
+/// The user's `consume` fn, or its `consume_batch` fn.
 pub(crate) struct Consume<'a> {
     pub(crate) sig: &'a Signature,
+    /// The payload type (for `consume_batch`, the `T` of its `Vec<T>` parameter).
     pub(crate) payload: &'a Type,
     pub(crate) payload_kind: PayloadKind,
     pub(crate) takes_ctx: bool,
@@ -195,7 +186,7 @@ fn check_consume_batch<'a>(
     cx: &Ctxt,
     sig: &'a Signature,
     transactional: bool,
-) -> Option<ConsumeBatch<'a>> {
+) -> Option<Consume<'a>> {
     let mut ok = check_plain_fn(cx, sig, &format!("`{CONSUME_BATCH}`"));
     if !transactional {
         cx.error_spanned_by(
@@ -281,7 +272,7 @@ fn check_consume_batch<'a>(
     if !ok {
         return None;
     }
-    Some(ConsumeBatch {
+    Some(Consume {
         sig,
         payload: payload?,
         payload_kind: payload_kind?,
