@@ -411,11 +411,11 @@ impl Engine {
 
     /// The batch's new messages (`fresh`: those not stored at the duplicate check, in order)
     /// through the handler's `consume_batch` in one call, after the savepoint the caller set,
-    /// then their events, complete, in one insert. Nothing is claimed first: a key another consumer stored since the duplicate
-    /// check makes the insert skip it, and then nothing of the call is kept. `None` when the
-    /// handler has no such form, or its result is not kept (see [`Handler::consume_batch`]):
-    /// everything the call wrote is rolled back to that savepoint, and the messages go one by
-    /// one.
+    /// then their events, complete, in one insert. Nothing is claimed first: a key another
+    /// consumer stored since the duplicate check makes the insert skip it, and then nothing of
+    /// the call is kept. `None` when the handler has no such form, or its result is not kept
+    /// (see [`Handler::consume_batch`]): everything the call wrote is rolled back to that
+    /// savepoint, and the messages go one by one.
     async fn consume_whole(
         &self,
         conn: &mut Conn<'_>,
@@ -616,8 +616,9 @@ enum Consumed {
     Interrupted(BatchOutcome),
 }
 
-/// Whether the batch may go through `consume_batch`: it has new messages (`fresh`), each of them usable (no dedup key problem) and its key's only one in the
-/// batch, and the first message is not a retry (it failed before; it goes one by one).
+/// Whether the batch may go through `consume_batch`: it has new messages (`fresh`), each of
+/// them usable (no dedup key problem) and its key's only one in the batch, and the first
+/// message is not a retry (it failed before; it goes one by one).
 fn whole_batch_fits(attempts: &[Attempt<'_>], fresh: &[&Attempt<'_>]) -> bool {
     let keys: HashSet<&str> = fresh.iter().map(|a| a.metadata.checksum.as_str()).collect();
     attempts
