@@ -61,7 +61,7 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
         );
     }
     let consume = match input.consume {
-        Some(func) => check_consume(cx, &func.sig),
+        Some(func) => check_consume(cx, &func.sig, &Form::consume()),
         None => {
             cx.error_spanned_by(
                 self_ty,
@@ -93,101 +93,100 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
     })
 }
 
-fn check_consume<'a>(cx: &Ctxt, sig: &'a Signature) -> Option<Consume<'a>> {
-    let mut ok = check_plain_fn(cx, sig, &format!("`{CONSUME}`"));
-    let (receiver, params) = ast::params(sig);
-    match receiver {
-        Some(receiver) if ast::is_ref_self(receiver) => {}
-        Some(receiver) => {
-            cx.error_spanned_by(receiver, format_args!("`{CONSUME}` takes `&self`"));
-            ok = false;
-        }
-        None => {
-            cx.error_spanned_by(
-                inputs_or_ident(sig),
-                format_args!("`{CONSUME}` takes `&self` as its first parameter"),
-            );
-            ok = false;
-        }
-    }
+/// What differs between checking `consume` and `consume_batch`: where the payload type is
+/// found, which context type is accepted, and the words of each error.
+struct Form {
+    /// The fn's name, for errors.
+    name: &'static str,
+    /// The payload type of the first parameter after `&self`: the parameter's own type for
+    /// `consume`, the `T` of its `Vec<T>` for `consume_batch` (`None`: not a `Vec`).
+    payload: for<'t> fn(&'t Type) -> Option<&'t Type>,
+    /// Whether a type is the context this fn takes second.
+    is_context: fn(&Type) -> bool,
+    /// The receiver is not `&self`.
+    wrong_receiver: String,
+    /// There is no receiver.
+    missing_receiver: String,
+    /// There is no parameter after `&self`.
+    missing_payload: String,
+    /// The first parameter has no payload type: `consume_batch`'s is not a `Vec<T>` (never
+    /// for `consume`, whose payload is the parameter itself).
+    not_payloads: String,
+    /// The payload is a reference that cannot be decoded.
+    borrowed: &'static str,
+    /// The second parameter is not the context.
+    wrong_context: String,
+    /// A third parameter.
+    extra: String,
+    /// No return type.
+    no_output: String,
+}
 
-    let payload = params.first().map(|param| &*param.ty);
-    let payload_kind = payload.map(ast::payload_kind);
-    match payload {
-        None => {
-            cx.error_spanned_by(
-                &sig.ident,
-                format_args!(
-                    "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: \
-                     T, …)`"
-                ),
-            );
-            ok = false;
-        }
-        Some(ty) if payload_kind == Some(PayloadKind::Borrowed) => {
-            cx.error_spanned_by(
-                ty,
-                "take the payload by value (any `T: Deserialize`), or borrow the message as \
-                 `&[u8]` or `&str`; other references cannot be decoded from a message",
-            );
-            ok = false;
-        }
-        Some(_) => {}
-    }
-    if let Some(ctx) = params.get(1)
-        && !ast::is_context(&ctx.ty)
-    {
-        cx.error_spanned_by(
-            &ctx.ty,
-            format_args!(
+impl Form {
+    fn consume() -> Self {
+        Self {
+            name: CONSUME,
+            payload: |ty| Some(ty),
+            is_context: ast::is_context,
+            wrong_receiver: format!("`{CONSUME}` takes `&self`"),
+            missing_receiver: format!("`{CONSUME}` takes `&self` as its first parameter"),
+            missing_payload: format!(
+                "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: T, \
+                 …)`"
+            ),
+            not_payloads: String::new(),
+            borrowed: "take the payload by value (any `T: Deserialize`), or borrow the message \
+                       as `&[u8]` or `&str`; other references cannot be decoded from a message",
+            wrong_context: format!(
                 "the second parameter of `{CONSUME}` is the context: `ctx: &mut Context<'_>`"
             ),
-        );
-        ok = false;
-    }
-    if let Some(extra) = params.get(2) {
-        cx.error_spanned_by(
-            extra,
-            format_args!(
-                "`{CONSUME}` takes at most two parameters after `&self`: the payload and \
-                 `ctx: &mut Context<'_>`"
+            extra: format!(
+                "`{CONSUME}` takes at most two parameters after `&self`: the payload and `ctx: \
+                 &mut Context<'_>`"
             ),
-        );
-        ok = false;
+            no_output: format!("`{CONSUME}` must return `Outcome` or `Result<Outcome, E>`"),
+        }
     }
 
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => Some(&**ty),
-        ReturnType::Default => {
-            cx.error_at(
-                sig.paren_token.span.close(),
-                format_args!("`{CONSUME}` must return `Outcome` or `Result<Outcome, E>`"),
-            );
-            None
+    fn consume_batch() -> Self {
+        let first = format!("`{CONSUME_BATCH}` takes `&self` first: {BATCH_SIGNATURE}");
+        Self {
+            name: CONSUME_BATCH,
+            payload: ast::vec_element,
+            is_context: ast::is_batch_context,
+            wrong_receiver: first.clone(),
+            missing_receiver: first,
+            missing_payload: format!(
+                "`{CONSUME_BATCH}` takes the payloads after `&self`: {BATCH_SIGNATURE}"
+            ),
+            not_payloads: format!("the payloads of a batch come as a `Vec<T>`: {BATCH_SIGNATURE}"),
+            borrowed: "take the payloads by value (any `T: Deserialize`), or borrow them as \
+                       `&[u8]` or `&str`; other references cannot be decoded from a message",
+            wrong_context: format!(
+                "the second parameter of `{CONSUME_BATCH}` is the batch's context: `ctx: &mut \
+                 BatchContext<'_>`"
+            ),
+            extra: format!(
+                "`{CONSUME_BATCH}` takes at most two parameters after `&self`: {BATCH_SIGNATURE}"
+            ),
+            no_output: format!(
+                "`{CONSUME_BATCH}` must return `Vec<Outcome>` or `Result<Vec<Outcome>, E>`, one \
+                 outcome per payload"
+            ),
         }
-    };
-    if !ok {
-        return None;
     }
-    Some(Consume {
-        sig,
-        payload: payload?,
-        payload_kind: payload_kind?,
-        takes_ctx: params.len() == 2,
-        output: output?,
-    })
 }
 
 /// The signature `consume_batch` must have, for its errors.
 const BATCH_SIGNATURE: &str = "`async fn consume_batch(&self, payloads: Vec<T>, ctx: &mut \
                                BatchContext<'_>) -> Result<Vec<Outcome>, E>`";
 
+/// Checks `consume_batch`: a transactional handler's only, then as [`check_consume`] does.
 fn check_consume_batch<'a>(
     cx: &Ctxt,
     sig: &'a Signature,
     transactional: bool,
 ) -> Option<Consume<'a>> {
-    let mut ok = check_plain_fn(cx, sig, &format!("`{CONSUME_BATCH}`"));
     if !transactional {
         cx.error_spanned_by(
             &sig.ident,
@@ -196,76 +195,60 @@ fn check_consume_batch<'a>(
                  handler `#[checkpoint_handler(transactional)]`"
             ),
         );
-        ok = false;
     }
+    let checked = check_consume(cx, sig, &Form::consume_batch());
+    checked.filter(|_| transactional)
+}
+
+/// Checks the signature of `consume`, or of `consume_batch` (`form` says which), recording
+/// every mistake.
+fn check_consume<'a>(cx: &Ctxt, sig: &'a Signature, form: &Form) -> Option<Consume<'a>> {
+    let mut ok = check_plain_fn(cx, sig, &format!("`{}`", form.name));
     let (receiver, params) = ast::params(sig);
-    if !receiver.is_some_and(ast::is_ref_self) {
-        cx.error_spanned_by(
-            receiver.map_or_else(|| inputs_or_ident(sig), ToTokens::to_token_stream),
-            format_args!("`{CONSUME_BATCH}` takes `&self` first: {BATCH_SIGNATURE}"),
-        );
-        ok = false;
+    match receiver {
+        Some(receiver) if ast::is_ref_self(receiver) => {}
+        Some(receiver) => {
+            cx.error_spanned_by(receiver, &form.wrong_receiver);
+            ok = false;
+        }
+        None => {
+            cx.error_spanned_by(inputs_or_ident(sig), &form.missing_receiver);
+            ok = false;
+        }
     }
-    let payload = params.first().and_then(|param| ast::vec_element(&param.ty));
+
+    let payload = params.first().and_then(|param| (form.payload)(&param.ty));
     let payload_kind = payload.map(ast::payload_kind);
     match (params.first(), payload) {
         (None, _) => {
-            cx.error_spanned_by(
-                &sig.ident,
-                format_args!(
-                    "`{CONSUME_BATCH}` takes the payloads after `&self`: {BATCH_SIGNATURE}"
-                ),
-            );
+            cx.error_spanned_by(&sig.ident, &form.missing_payload);
             ok = false;
         }
         (Some(param), None) => {
-            cx.error_spanned_by(
-                &param.ty,
-                format_args!("the payloads of a batch come as a `Vec<T>`: {BATCH_SIGNATURE}"),
-            );
+            cx.error_spanned_by(&param.ty, &form.not_payloads);
             ok = false;
         }
         (Some(_), Some(ty)) if payload_kind == Some(PayloadKind::Borrowed) => {
-            cx.error_spanned_by(
-                ty,
-                "take the payloads by value (any `T: Deserialize`), or borrow them as `&[u8]` \
-                 or `&str`; other references cannot be decoded from a message",
-            );
+            cx.error_spanned_by(ty, form.borrowed);
             ok = false;
         }
         (Some(_), Some(_)) => {}
     }
     if let Some(ctx) = params.get(1)
-        && !ast::is_batch_context(&ctx.ty)
+        && !(form.is_context)(&ctx.ty)
     {
-        cx.error_spanned_by(
-            &ctx.ty,
-            format_args!(
-                "the second parameter of `{CONSUME_BATCH}` is the batch's context: `ctx: &mut \
-                 BatchContext<'_>`"
-            ),
-        );
+        cx.error_spanned_by(&ctx.ty, &form.wrong_context);
         ok = false;
     }
     if let Some(extra) = params.get(2) {
-        cx.error_spanned_by(
-            extra,
-            format_args!(
-                "`{CONSUME_BATCH}` takes at most two parameters after `&self`: {BATCH_SIGNATURE}"
-            ),
-        );
+        cx.error_spanned_by(extra, &form.extra);
         ok = false;
     }
+
     let output = match &sig.output {
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => {
-            cx.error_at(
-                sig.paren_token.span.close(),
-                format_args!(
-                    "`{CONSUME_BATCH}` must return `Vec<Outcome>` or `Result<Vec<Outcome>, E>`, \
-                     one outcome per payload"
-                ),
-            );
+            cx.error_at(sig.paren_token.span.close(), &form.no_output);
             None
         }
     };
