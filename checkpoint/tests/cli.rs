@@ -178,6 +178,27 @@ fn the_demo_runs_once_and_adds_fresh_events_on_every_run() {
 /// at the crash points; the JSON rows count the kills and find nothing duplicated or lost.
 #[test]
 fn chaos_kills_its_consumer_and_counts_side_effects() {
+    chaos_run("transactional");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrong = checkpoint(&["chaos", "--mode", "sometimes"], dir.path());
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("unknown mode"),
+        "{}",
+        text(&wrong.stderr)
+    );
+}
+
+/// The same with transactional batches, whose demo handler takes each batch in one
+/// `consume_batch` call: the kills land inside that call.
+#[test]
+fn chaos_kills_batch_consumers_inside_consume_batch() {
+    chaos_run("batch");
+}
+
+/// Runs `checkpoint chaos` with four kills in `mode` on a SQLite file and checks its report:
+/// four kills, every message, nothing duplicated or lost.
+fn chaos_run(mode: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let database = format!("sqlite://{}", dir.path().join("chaos.db").display());
     let out = checkpoint(
@@ -188,7 +209,7 @@ fn chaos_kills_its_consumer_and_counts_side_effects() {
             "--messages",
             "300",
             "--mode",
-            "transactional",
+            mode,
             "--seed",
             "3",
             "--database",
@@ -202,7 +223,7 @@ fn chaos_kills_its_consumer_and_counts_side_effects() {
     let rows = rows.as_array().expect("an array");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
-    assert_eq!(row["mode"], "transactional");
+    assert_eq!(row["mode"], mode);
     let report = &row["report"];
     let kills: u64 = report["kills"]
         .as_object()
@@ -214,14 +235,6 @@ fn chaos_kills_its_consumer_and_counts_side_effects() {
     assert_eq!(report["messages"], 300);
     assert_eq!(report["duplicates"], serde_json::json!({}), "{report}");
     assert_eq!(report["lost"], serde_json::json!([]), "{report}");
-
-    let wrong = checkpoint(&["chaos", "--mode", "sometimes"], dir.path());
-    assert!(!wrong.status.success());
-    assert!(
-        text(&wrong.stderr).contains("unknown mode"),
-        "{}",
-        text(&wrong.stderr)
-    );
 }
 
 /// `checkpoint prune` as a user runs it: a dry run counts, the real run deletes the old

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use checkpoint::engine::Engine;
-use checkpoint::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
+use checkpoint::handler::{BatchContext, BoxFuture, Context, Handler, HandlerError, Outcome};
 use checkpoint::message::Message;
 use checkpoint::store::Store;
 use checkpoint::testing::{
@@ -40,7 +40,8 @@ pub(crate) enum ChaosMode {
     PerMessage,
     /// Transactional: the effect is written in the checkpoint transaction.
     Transactional,
-    /// Transactional batches of 50: the effects of a batch commit with its checkpoint rows.
+    /// Transactional batches of 50, each taken in one `consume_batch` call: the effects of a
+    /// batch commit with its checkpoint rows.
     Batch,
 }
 
@@ -107,9 +108,7 @@ impl Handler for ChaosOrders {
     ) -> BoxFuture<'a, Result<Outcome, HandlerError>> {
         Box::pin(async move {
             use diesel::ExpressionMethods;
-            let effect = std::str::from_utf8(&message.payload)
-                .map_err(HandlerError::permanent)?
-                .to_owned();
+            let effect = effect_of(message)?;
             let insert = diesel::insert_into(checkpoint_chaos_effects::table)
                 .values(checkpoint_chaos_effects::effect.eq(effect.clone()));
             if self.transactional {
@@ -121,6 +120,45 @@ impl Handler for ChaosOrders {
             Ok(Outcome::ack(effect, Utc::now()))
         })
     }
+
+    /// Transactional batches in one call: the batch's effects in one insert through the
+    /// batch's transaction, as a handler written for volume does. A payload that is not UTF-8
+    /// fails the call, and the batch goes one message at a time through `consume`.
+    fn consume_batch<'a>(
+        &'a self,
+        ctx: &'a mut BatchContext<'_>,
+    ) -> Option<BoxFuture<'a, Result<Vec<Outcome>, HandlerError>>> {
+        if !self.transactional {
+            return None;
+        }
+        Some(Box::pin(async move {
+            use diesel::ExpressionMethods;
+            let effects = ctx
+                .deliveries()
+                .iter()
+                .map(|delivery| effect_of(delivery.message))
+                .collect::<Result<Vec<String>, HandlerError>>()?;
+            let rows: Vec<_> = effects
+                .iter()
+                .map(|effect| checkpoint_chaos_effects::effect.eq(effect.clone()))
+                .collect();
+            ctx.tx()
+                .execute_owned(diesel::insert_into(checkpoint_chaos_effects::table).values(rows))
+                .await?;
+            let now = Utc::now();
+            Ok(effects
+                .into_iter()
+                .map(|effect| Outcome::ack(effect, now))
+                .collect())
+        }))
+    }
+}
+
+/// The effect token a message carries: its payload, which must be UTF-8.
+fn effect_of(message: &Message) -> Result<String, HandlerError> {
+    std::str::from_utf8(&message.payload)
+        .map(str::to_owned)
+        .map_err(HandlerError::permanent)
 }
 
 /// The consumer side (`checkpoint chaos-consumer --mode M`): runs the demo handler as the
