@@ -76,7 +76,7 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
     };
     let consume_batch = input
         .consume_batch
-        .map(|func| check_consume_batch(cx, &func.sig, args.transactional));
+        .map(|func| check_consume(cx, &func.sig, &Form::consume_batch(args.transactional)));
     let extractors: Vec<_> = input
         .extractors
         .iter()
@@ -98,6 +98,9 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
 struct Form {
     /// The fn's name, for errors.
     name: &'static str,
+    /// Why the handler may not have this fn at all (`consume_batch` on a handler that is not
+    /// transactional), reported after the checks every fn gets.
+    misplaced: Option<String>,
     /// The payload type of the first parameter after `&self`: the parameter's own type for
     /// `consume`, the `T` of its `Vec<T>` for `consume_batch` (`None`: not a `Vec`).
     payload: for<'t> fn(&'t Type) -> Option<&'t Type>,
@@ -109,8 +112,8 @@ struct Form {
     missing_receiver: String,
     /// There is no parameter after `&self`.
     missing_payload: String,
-    /// The first parameter has no payload type: `consume_batch`'s is not a `Vec<T>` (never
-    /// for `consume`, whose payload is the parameter itself).
+    /// The first parameter has no payload type: `consume_batch`'s is not a `Vec<T>` (`consume`
+    /// takes any type).
     not_payloads: String,
     /// The payload is a reference that cannot be decoded.
     borrowed: &'static str,
@@ -123,9 +126,11 @@ struct Form {
 }
 
 impl Form {
+    /// `consume`.
     fn consume() -> Self {
         Self {
             name: CONSUME,
+            misplaced: None,
             payload: |ty| Some(ty),
             is_context: ast::is_context,
             wrong_receiver: format!("`{CONSUME}` takes `&self`"),
@@ -134,7 +139,10 @@ impl Form {
                 "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: T, \
                  …)`"
             ),
-            not_payloads: String::new(),
+            not_payloads: format!(
+                "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: T, \
+                 …)`"
+            ),
             borrowed: "take the payload by value (any `T: Deserialize`), or borrow the message \
                        as `&[u8]` or `&str`; other references cannot be decoded from a message",
             wrong_context: format!(
@@ -148,10 +156,17 @@ impl Form {
         }
     }
 
-    fn consume_batch() -> Self {
+    /// `consume_batch` of a handler that is `transactional` or not.
+    fn consume_batch(transactional: bool) -> Self {
         let first = format!("`{CONSUME_BATCH}` takes `&self` first: {BATCH_SIGNATURE}");
         Self {
             name: CONSUME_BATCH,
+            misplaced: (!transactional).then(|| {
+                format!(
+                    "`{CONSUME_BATCH}` runs inside a batch's checkpoint transaction: declare the \
+                     handler `#[checkpoint_handler(transactional)]`"
+                )
+            }),
             payload: ast::vec_element,
             is_context: ast::is_batch_context,
             wrong_receiver: first.clone(),
@@ -181,29 +196,14 @@ impl Form {
 const BATCH_SIGNATURE: &str = "`async fn consume_batch(&self, payloads: Vec<T>, ctx: &mut \
                                BatchContext<'_>) -> Result<Vec<Outcome>, E>`";
 
-/// Checks `consume_batch`: a transactional handler's only, then as [`check_consume`] does.
-fn check_consume_batch<'a>(
-    cx: &Ctxt,
-    sig: &'a Signature,
-    transactional: bool,
-) -> Option<Consume<'a>> {
-    if !transactional {
-        cx.error_spanned_by(
-            &sig.ident,
-            format_args!(
-                "`{CONSUME_BATCH}` runs inside a batch's checkpoint transaction: declare the \
-                 handler `#[checkpoint_handler(transactional)]`"
-            ),
-        );
-    }
-    let checked = check_consume(cx, sig, &Form::consume_batch());
-    checked.filter(|_| transactional)
-}
-
 /// Checks the signature of `consume`, or of `consume_batch` (`form` says which), recording
 /// every mistake.
 fn check_consume<'a>(cx: &Ctxt, sig: &'a Signature, form: &Form) -> Option<Consume<'a>> {
     let mut ok = check_plain_fn(cx, sig, &format!("`{}`", form.name));
+    if let Some(misplaced) = &form.misplaced {
+        cx.error_spanned_by(&sig.ident, misplaced);
+        ok = false;
+    }
     let (receiver, params) = ast::params(sig);
     match receiver {
         Some(receiver) if ast::is_ref_self(receiver) => {}
