@@ -189,8 +189,8 @@ fn chaos_kills_its_consumer_and_counts_side_effects() {
     );
 }
 
-/// The same with transactional batches, whose demo handler takes each batch in one
-/// `consume_batch` call: the kills land inside that call.
+/// The same with transactional batches, which the demo handler takes through its
+/// `consume_batch`.
 #[test]
 fn chaos_kills_batch_consumers_inside_consume_batch() {
     chaos_run("batch");
