@@ -93,8 +93,9 @@ pub(crate) fn validate<'a>(cx: &Ctxt, args: &Args, input: &Input<'a>) -> Option<
     })
 }
 
-/// What differs between checking `consume` and `consume_batch`: where the payload type is
-/// found, which context type is accepted, and the words of each error.
+/// What differs between checking `consume` and `consume_batch`: whether the handler may have
+/// the fn, where the payload type is found, which context type is accepted, and the words of
+/// each error.
 struct Form {
     /// The fn's name, for errors.
     name: &'static str,
@@ -128,6 +129,9 @@ struct Form {
 impl Form {
     /// `consume`.
     fn consume() -> Self {
+        let payload = format!(
+            "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: T, …)`"
+        );
         Self {
             name: CONSUME,
             misplaced: None,
@@ -135,14 +139,8 @@ impl Form {
             is_context: ast::is_context,
             wrong_receiver: format!("`{CONSUME}` takes `&self`"),
             missing_receiver: format!("`{CONSUME}` takes `&self` as its first parameter"),
-            missing_payload: format!(
-                "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: T, \
-                 …)`"
-            ),
-            not_payloads: format!(
-                "`{CONSUME}` takes the payload after `&self`: `fn {CONSUME}(&self, payload: T, \
-                 …)`"
-            ),
+            missing_payload: payload.clone(),
+            not_payloads: payload,
             borrowed: "take the payload by value (any `T: Deserialize`), or borrow the message \
                        as `&[u8]` or `&str`; other references cannot be decoded from a message",
             wrong_context: format!(
